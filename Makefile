@@ -1,0 +1,38 @@
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint format bench sample-data clean
+
+# The virtual environment is rebuilt whenever pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/ftserve sample-data var/sample --overwrite
+	$(BIN)/ftserve train --data var/sample --model-name shapes --base-model small_cnn \
+		--weights none --epochs 8 --output var/runs/shapes
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check service exporter tests bench
+	$(BIN)/ruff format --check service exporter tests bench
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format service exporter tests bench
+	$(BIN)/ruff check --fix service exporter tests bench
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.training_speed
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""Turns a trained classifier into a versioned, servable model (SavedModel + ONNX)."""

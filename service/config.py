@@ -1,0 +1,41 @@
+"""One Settings class for the whole service, read from ``FTSERVE_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GiB = 1024**3
+
+
+class Settings(BaseSettings):
+    """Operator-level configuration. Per-job knobs live in ``TrainConfig`` instead."""
+
+    model_config = SettingsConfigDict(env_prefix="FTSERVE_", extra="ignore")
+
+    data_root: Path = Path("var/data")
+    work_dir: Path = Path("var/jobs")
+    model_repo: Path = Path("var/models")
+    weights_dir: Path = Path("var/weights")
+    # ImageNet weights come from the Keras cache (KERAS_HOME). Downloading them at run time
+    # is opt-in: a server without network access should fail at once, not hang on a socket.
+    weights_download: bool = False
+
+    # Archive limits, enforced while extracting (decompression bombs, path tricks).
+    archive_max_members: int = Field(default=100_000, gt=0)
+    archive_max_bytes: int = Field(default=8 * GiB, gt=0)
+    archive_max_ratio: float = Field(default=100.0, gt=1.0)
+    image_max_pixels: int = Field(default=40_000_000, gt=0)
+
+    min_images_per_class: int = Field(default=2, ge=1)
+    # Decoded images (and base features) are cached in memory up to this size, else on disk.
+    cache_memory_bytes: int = Field(default=2 * GiB, ge=0)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests override them rather than mutate this."""
+    return Settings()
