@@ -1,0 +1,82 @@
+"""The ``ftserve`` command line: one entry point, one subcommand per process or task."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from service.errors import FtserveError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except FtserveError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps(exc.to_dict()))
+        else:
+            print(f"ftserve: error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ftserve", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_train(commands.add_parser("train", help="fine-tune a model on a local dataset"))
+    sample = commands.add_parser("sample-data", help="write a small synthetic shapes dataset")
+    sample.add_argument("output", type=Path)
+    sample.add_argument("--images-per-class", type=int, default=30)
+    sample.add_argument("--image-size", type=int, default=64)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--overwrite", action="store_true")
+    sample.set_defaults(handler=_sample_data)
+    return parser
+
+
+def _add_train(train: argparse.ArgumentParser) -> None:
+    train.add_argument("--data", type=Path, required=True, help="dataset folder or archive")
+    train.add_argument("--model-name", required=True)
+    train.add_argument("--config", type=Path, help="JSON file of training options")
+    # Flags mirror TrainConfig fields; given flags override the config file.
+    train.add_argument("--base-model")
+    train.add_argument("--weights", help="imagenet | none | a file in the weights folder")
+    for flag in ("image-size", "epochs", "fine-tune-layers", "fine-tune-epochs", "batch-size"):
+        train.add_argument(f"--{flag}", type=int)
+    train.add_argument("--output", type=Path, help="job folder (default: a new one under work_dir)")
+    train.add_argument("--json", action="store_true", help="print one JSON document")
+    train.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from service.training.command import run_train
+
+    return run_train(args)
+
+
+def _sample_data(args: argparse.Namespace) -> int:
+    from service.training.sample_data import make_shapes_dataset
+
+    try:
+        root = make_shapes_dataset(
+            args.output,
+            args.images_per_class,
+            args.image_size,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
+    except FileExistsError as exc:
+        print(f"ftserve: error: {exc} (use --overwrite)", file=sys.stderr)
+        return 2
+    print(root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

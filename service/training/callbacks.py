@@ -1,0 +1,119 @@
+"""Keras callbacks that connect a training run to whoever is watching it.
+
+The worker (and ``ftserve train``) pass plain callables; these adapt them to Keras:
+progress with an ETA, a cancellation check after every batch, and keeping the best
+weights across the fine-tuning phase.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from service.errors import TrainingCancelledError
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: str  # "features", "head", "fine_tune" or "evaluate"
+    epoch: int  # 1-based within the phase
+    epochs: int
+    step: int
+    steps: int
+    eta_seconds: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    epoch_end: bool = False
+
+
+ProgressFn = Callable[[Progress], None]
+CancelFn = Callable[[], bool]
+
+
+class ProgressCallback(keras.callbacks.Callback):
+    """Reports phase/epoch/step and an ETA, at most every ``interval`` seconds mid-epoch."""
+
+    def __init__(
+        self, report: ProgressFn, phase: str, epochs: int, steps: int, interval: float = 0.5
+    ) -> None:
+        super().__init__()
+        self.report, self.phase, self.epochs, self.steps = report, phase, epochs, steps
+        self.interval = interval
+        self._started = 0.0
+        self._last = 0.0
+        self._steps_done = 0
+        self._epoch = 0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._started = time.monotonic()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._steps_done += 1
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            self.report(self._progress(batch + 1, logs))
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.report(self._progress(self.steps, logs, epoch_end=True))
+
+    def _progress(self, step: int, logs: dict | None, epoch_end: bool = False) -> Progress:
+        elapsed = time.monotonic() - self._started
+        remaining = (self.epochs - self._epoch) * self.steps - step
+        per_step = elapsed / self._steps_done if self._steps_done else None
+        return Progress(
+            phase=self.phase,
+            epoch=self._epoch + 1,
+            epochs=self.epochs,
+            step=step,
+            steps=self.steps,
+            eta_seconds=None if per_step is None else round(max(0, remaining) * per_step, 1),
+            metrics=_scalars(logs),
+            epoch_end=epoch_end,
+        )
+
+
+class CancelCallback(keras.callbacks.Callback):
+    """Stops within one batch of a cancel request, by raising out of ``fit``."""
+
+    def __init__(self, should_cancel: CancelFn) -> None:
+        super().__init__()
+        self.should_cancel = should_cancel
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.should_cancel():
+            raise TrainingCancelledError("training was cancelled")
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Remembers the weights with the lowest validation loss, starting from a baseline.
+
+    With the phase-1 loss as baseline, fine-tuning that never beats it leaves the
+    phase-1 weights in place.
+    """
+
+    def __init__(self, baseline: float, baseline_weights: list[np.ndarray]) -> None:
+        super().__init__()
+        self.best = baseline
+        self.best_weights = baseline_weights
+        self.improved = False
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("val_loss")
+        if loss is not None and float(loss) < self.best:
+            self.best = float(loss)
+            self.best_weights = self.model.get_weights()
+            self.improved = True
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.model.set_weights(self.best_weights)
+
+
+def _scalars(logs: dict | None) -> dict[str, float]:
+    return {key: float(value) for key, value in (logs or {}).items() if np.ndim(value) == 0}

@@ -1,0 +1,161 @@
+"""The tf.data input pipeline, and the one decode/resize function training and serving share.
+
+Files are read and decoded in parallel, cached once decoded (in memory when they fit the
+budget, else in a file cache in the job folder), shuffled, batched and prefetched — onto
+the accelerator when there is one, so the next batch is already on the device when the
+step that needs it starts.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Decoded images waiting in the shuffle buffer; the file order is already shuffled once
+# (see stratified_split), so a modest buffer mixes classes well.
+_SHUFFLE_IMAGES = 256
+
+
+def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
+    """JPEG, PNG, GIF (first frame) or BMP bytes → uint8 RGB [height, width, 3]."""
+    return tf.io.decode_image(image_bytes, channels=3, expand_animations=False, dtype=tf.uint8)
+
+
+def decode_and_resize(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Image bytes → float32 [image_size, image_size, 3] with pixel values in 0–255.
+
+    This is the train/serve contract: the exported serving signature calls this very
+    function on request bytes, so a model sees the same pixels in both places.
+    """
+    image = decode_image(image_bytes)
+    resized = tf.image.resize(image, (image_size, image_size), method="bilinear", antialias=True)
+    return tf.clip_by_value(resized, 0.0, 255.0)
+
+
+def decode_error(data: bytes) -> str | None:
+    """Why TensorFlow cannot decode these bytes, or None when it can."""
+    try:
+        decode_image(tf.constant(data))
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
+        return exc.message.splitlines()[0] if exc.message else type(exc).__name__
+    return None
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    image_size: int
+    batch_size: int
+    num_classes: int
+    seed: int
+    cache_memory_bytes: int
+    cache_dir: Path
+    device: str | None = None  # prefetch target, e.g. "/gpu:0"; None keeps batches on the host
+
+
+def image_dataset(
+    paths: list[str],
+    labels: np.ndarray,
+    weights: np.ndarray | None,
+    options: PipelineOptions,
+    *,
+    training: bool,
+    name: str,
+) -> tf.data.Dataset:
+    """Batches of (images, one-hot labels[, sample weights]) decoded from files."""
+    one_hot = np.eye(options.num_classes, dtype=np.float32)[labels]
+    columns = (paths, one_hot) if weights is None else (paths, one_hot, weights)
+    size = options.image_size
+
+    def load(path: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        return (decode_and_resize(tf.io.read_file(path), size), *rest)
+
+    dataset = tf.data.Dataset.from_tensor_slices(columns)
+    dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    dataset = _cache(dataset, len(paths) * size * size * 3 * 4, options, name)
+    if training:
+        buffer = min(len(paths), _SHUFFLE_IMAGES)
+        dataset = dataset.shuffle(buffer, seed=options.seed, reshuffle_each_iteration=True)
+    return to_device(dataset.batch(options.batch_size), options.device)
+
+
+def array_dataset(
+    features: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray | None,
+    options: PipelineOptions,
+    *,
+    training: bool,
+) -> tf.data.Dataset:
+    """Batches of precomputed base features; shuffled as a whole each epoch."""
+    one_hot = np.eye(options.num_classes, dtype=np.float32)[labels]
+    if isinstance(features, np.memmap):
+        return _memmap_dataset(features, one_hot, weights, options, training=training)
+    columns = (features, one_hot) if weights is None else (features, one_hot, weights)
+    dataset = tf.data.Dataset.from_tensor_slices(columns)
+    if training:
+        dataset = dataset.shuffle(len(features), seed=options.seed, reshuffle_each_iteration=True)
+    return to_device(dataset.batch(options.batch_size), options.device)
+
+
+def _memmap_dataset(
+    features: np.memmap,
+    one_hot: np.ndarray,
+    weights: np.ndarray | None,
+    options: PipelineOptions,
+    *,
+    training: bool,
+) -> tf.data.Dataset:
+    # Features too large for memory stay on disk; each batch gathers its rows.
+    def gather(index: np.ndarray) -> tuple[np.ndarray, ...]:
+        rows = np.sort(index)
+        picked = (np.asarray(features[rows]), one_hot[rows])
+        return picked if weights is None else (*picked, weights[rows])
+
+    dtypes = [tf.float32, tf.float32] + ([] if weights is None else [tf.float32])
+    feature_shape = features.shape[1:]
+
+    def load(index: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        tensors = tf.numpy_function(gather, [index], dtypes)
+        tensors[0].set_shape((None, *feature_shape))
+        tensors[1].set_shape((None, options.num_classes))
+        for extra in tensors[2:]:
+            extra.set_shape((None,))
+        return tuple(tensors)
+
+    dataset = tf.data.Dataset.range(len(features))
+    if training:
+        dataset = dataset.shuffle(len(features), seed=options.seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(options.batch_size).map(load, num_parallel_calls=AUTOTUNE)
+    return to_device(dataset, options.device)
+
+
+def feature_store(rows: int, shape: tuple[int, ...], options: PipelineOptions) -> np.ndarray:
+    """An array for base features: in memory within the cache budget, else memory-mapped."""
+    nbytes = rows * int(np.prod(shape)) * 4
+    if nbytes <= options.cache_memory_bytes:
+        return np.empty((rows, *shape), dtype=np.float32)
+    options.cache_dir.mkdir(parents=True, exist_ok=True)
+    path = options.cache_dir / f"features-{rows}x{'x'.join(map(str, shape))}.npy"
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, *shape))
+
+
+def to_device(dataset: tf.data.Dataset, device: str | None) -> tf.data.Dataset:
+    """Prefetch batches; onto ``device`` when given (must be the last transformation)."""
+    if device is None:
+        return dataset.prefetch(AUTOTUNE)
+    return dataset.apply(tf.data.experimental.prefetch_to_device(device))
+
+
+def _cache(dataset: tf.data.Dataset, nbytes: int, options: PipelineOptions, name: str):
+    if nbytes <= options.cache_memory_bytes:
+        return dataset.cache()
+    # A file cache left by an interrupted run is incomplete (and locked): start afresh.
+    target = options.cache_dir / name
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    return dataset.cache(str(target / "cache"))

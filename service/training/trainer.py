@@ -1,0 +1,383 @@
+"""Two-phase transfer learning: train a new head on a frozen base, then optionally fine-tune.
+
+Phase 1 takes the fast path whenever it applies (frozen base, no augmentation): the base's
+features are computed once and the head trains on them — the same computation as running
+every image through the frozen base each epoch, without repeating the expensive part.
+Phase 2 unfreezes the top of the base and continues at a small learning rate; it only
+replaces the phase-1 weights when it improves the validation loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from service.config import Settings
+from service.errors import DatasetError, TrainingCancelledError
+from service.training.backbones import ResolvedWeights, build_base, get_backbone, resolve_weights
+from service.training.callbacks import (
+    CancelCallback,
+    CancelFn,
+    KeepBest,
+    Progress,
+    ProgressCallback,
+    ProgressFn,
+)
+from service.training.dataset import DatasetIndex, open_dataset, stratified_split
+from service.training.evaluation import evaluate
+from service.training.model import Classifier, build_classifier, fine_tune_start, unfreeze_from
+from service.training.options import TrainConfig
+from service.training.pipeline import (
+    PipelineOptions,
+    array_dataset,
+    feature_store,
+    image_dataset,
+)
+from service.training.runtime import Runtime, dtype_policy, resolve_runtime
+
+PHASE1_WEIGHTS = "phase1.weights.h5"
+PHASE1_STATE = "phase1.json"
+
+
+@dataclass
+class Hooks:
+    """How a caller watches and steers a run; both optional."""
+
+    progress: ProgressFn | None = None
+    should_cancel: CancelFn | None = None
+
+
+@dataclass
+class TrainingResult:
+    classifier: Classifier
+    config: TrainConfig
+    image_size: int
+    weights: ResolvedWeights
+    dataset: DatasetIndex
+    split: dict[str, int]
+    runtime: dict[str, object]
+    used_feature_cache: bool
+    history: list[dict[str, object]] = field(default_factory=list)
+    fine_tune: dict[str, object] | None = None
+    evaluation: dict[str, object] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.dataset.classes
+
+    def summary(self) -> dict[str, object]:
+        """Everything about the run that is worth keeping, as JSON-ready data."""
+        return {
+            "model_name": self.config.model_name,
+            "classes": list(self.classes),
+            "base_model": self.config.base_model,
+            "weights": {
+                "source": self.weights.source,
+                "file": self.weights.path.name if self.weights.path else None,
+                "sha256": self.weights.sha256,
+            },
+            "image_size": self.image_size,
+            "config": self.config.model_dump(mode="json"),
+            "dataset": {
+                "fingerprint": self.dataset.fingerprint,
+                "class_counts": self.dataset.class_counts,
+                "split": self.split,
+                "skipped": [vars(s) for s in self.dataset.skipped],
+            },
+            "runtime": self.runtime,
+            "used_feature_cache": self.used_feature_cache,
+            "history": self.history,
+            "fine_tune": self.fine_tune,
+            "evaluation": self.evaluation,
+            "timings": self.timings,
+        }
+
+
+class _Run:
+    """State shared by the phases of one training run."""
+
+    def __init__(
+        self, config: TrainConfig, work_dir: Path, settings: Settings, hooks: Hooks, rt: Runtime
+    ) -> None:
+        self.config, self.work_dir, self.settings, self.hooks, self.rt = (
+            config,
+            work_dir,
+            settings,
+            hooks,
+            rt,
+        )
+        self.timings: dict[str, float] = {}
+        self.history: list[dict[str, object]] = []
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - started, 3)
+
+    def callbacks(self, phase: str, epochs: int, steps: int) -> list[keras.callbacks.Callback]:
+        found: list[keras.callbacks.Callback] = [
+            keras.callbacks.BackupAndRestore(str(self.work_dir / "backup" / phase)),
+            _HistoryCallback(self.history, phase),
+        ]
+        if self.hooks.progress:
+            found.append(ProgressCallback(self.hooks.progress, phase, epochs, steps))
+        if self.hooks.should_cancel:
+            found.append(CancelCallback(self.hooks.should_cancel))
+        return found
+
+    def compile(self, model: keras.Model, learning_rate: float, num_classes: int) -> None:
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=self.config.label_smoothing),
+            metrics=[
+                keras.metrics.CategoricalAccuracy(name="accuracy"),
+                keras.metrics.TopKCategoricalAccuracy(k=min(5, num_classes), name="top_k_accuracy"),
+            ],
+            jit_compile=self.rt.jit_compile,
+        )
+
+
+class _HistoryCallback(keras.callbacks.Callback):
+    def __init__(self, history: list[dict[str, object]], phase: str) -> None:
+        super().__init__()
+        self.history, self.phase = history, phase
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        metrics = {k: round(float(v), 6) for k, v in (logs or {}).items() if np.ndim(v) == 0}
+        self.history.append({"phase": self.phase, "epoch": epoch + 1, **metrics})
+
+
+def train(
+    source: Path,
+    config: TrainConfig,
+    work_dir: Path,
+    settings: Settings,
+    hooks: Hooks | None = None,
+    runtime: Runtime | None = None,
+) -> TrainingResult:
+    """Run a whole fine-tuning job on a dataset folder or archive.
+
+    Args:
+        source: a folder of class folders, or a zip/tar archive of one.
+        config: the job's validated options.
+        work_dir: the job's folder: extracted data, caches, checkpoints for resuming.
+        settings: operator limits and folders.
+        hooks: progress reporting and cancellation.
+        runtime: devices/precision/strategy; detected when omitted.
+
+    Returns:
+        The trained classifier with its evaluation and lineage.
+    """
+    hooks = hooks or Hooks()
+    backbone = get_backbone(config.base_model)
+    image_size = config.image_size or backbone.default_size
+    # Weights are checked before any image is touched: a missing file fails in milliseconds.
+    weights = resolve_weights(backbone, config.weights, image_size, settings)
+    rt = runtime or resolve_runtime(config)
+    run = _Run(config, work_dir, settings, hooks, rt)
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    with run.timed("ingest"):
+        index = open_dataset(source, work_dir, settings)
+    train_idx, val_idx = stratified_split(index.labels, config.validation_split, config.seed)
+    if len(val_idx) == 0:
+        raise DatasetError("no class has enough images to hold any back for validation")
+    num_classes = len(index.classes)
+
+    keras.utils.set_random_seed(config.seed)
+    with rt.strategy.scope(), dtype_policy(rt.precision):
+        base = build_base(backbone, image_size, weights)
+        classifier = build_classifier(backbone, base, num_classes, image_size, config)
+    start = fine_tune_start(base, config) if config.fine_tunes else None
+
+    data = _Data(index, train_idx, val_idx, config, image_size, work_dir, settings, rt)
+    fast = config.augmentation is None
+    with run.timed("head"):
+        phase1_loss = _phase1(run, classifier, data, fast)
+    fine_tune = None
+    if start is not None:
+        with run.timed("fine_tune"):
+            fine_tune = _phase2(run, classifier, data, start, phase1_loss)
+    with run.timed("evaluate"):
+        probabilities = _predict_validation(classifier, data, fast and fine_tune is None)
+        evaluation = evaluate(probabilities, data.val_labels, index.classes)
+    return TrainingResult(
+        classifier,
+        config,
+        image_size,
+        weights,
+        index,
+        {"train": len(train_idx), "validation": len(val_idx)},
+        rt.describe(),
+        fast,
+        run.history,
+        fine_tune,
+        evaluation,
+        run.timings,
+    )
+
+
+class _Data:
+    """The run's datasets, built lazily: the fast path never decodes an image twice."""
+
+    def __init__(
+        self,
+        index: DatasetIndex,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        config: TrainConfig,
+        image_size: int,
+        work_dir: Path,
+        settings: Settings,
+        rt: Runtime,
+    ) -> None:
+        labels = np.asarray(index.labels)
+        paths = np.asarray([str(p) for p in index.paths])
+        self.train_paths, self.val_paths = paths[train_idx].tolist(), paths[val_idx].tolist()
+        self.train_labels, self.val_labels = labels[train_idx], labels[val_idx]
+        self.train_weights = _sample_weights(self.train_labels, len(index.classes), config)
+        self.options = PipelineOptions(
+            image_size=image_size,
+            batch_size=config.batch_size,
+            num_classes=len(index.classes),
+            seed=config.seed,
+            cache_memory_bytes=settings.cache_memory_bytes,
+            cache_dir=work_dir / "cache",
+            device=rt.device,
+        )
+        self.steps = math.ceil(len(train_idx) / config.batch_size)
+        self._images: dict[str, object] = {}
+        self.features: dict[str, np.ndarray] = {}
+
+    def images(self, split: str):
+        if split not in self._images:
+            train = split == "train"
+            self._images[split] = image_dataset(
+                self.train_paths if train else self.val_paths,
+                self.train_labels if train else self.val_labels,
+                self.train_weights if train else None,
+                self.options,
+                training=train,
+                name=split,
+            )
+        return self._images[split]
+
+    def unshuffled_images(self, split: str):
+        paths = self.train_paths if split == "train" else self.val_paths
+        labels = self.train_labels if split == "train" else self.val_labels
+        return image_dataset(
+            paths, labels, None, self.options, training=False, name=f"{split}-features"
+        )
+
+
+def _sample_weights(labels: np.ndarray, num_classes: int, config: TrainConfig):
+    if config.class_weight == "none":
+        return None
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float32)
+    per_class = len(labels) / (num_classes * np.maximum(counts, 1.0))
+    return per_class[labels].astype(np.float32)
+
+
+def _phase1(run: _Run, clf: Classifier, data: _Data, fast: bool) -> float:
+    config, state = run.config, run.work_dir / PHASE1_STATE
+    if state.is_file():  # resuming a job whose head was already trained
+        clf.model.load_weights(run.work_dir / PHASE1_WEIGHTS)
+        return float(json.loads(state.read_text())["val_loss"])
+    model = clf.head if fast else clf.model
+    if fast:
+        train_ds, val_ds = _feature_datasets(run, clf, data)
+    else:
+        train_ds, val_ds = data.images("train"), data.images("validation")
+    run.compile(model, config.learning_rate, data.options.num_classes)
+    stop = keras.callbacks.EarlyStopping(
+        patience=config.early_stopping_patience, restore_best_weights=True
+    )
+    callbacks = [*run.callbacks("head", config.epochs, data.steps), stop]
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        callbacks=callbacks,
+        verbose=0,
+        shuffle=False,  # the datasets shuffle themselves
+    )
+    val_loss = float(model.evaluate(val_ds, verbose=0, return_dict=True)["loss"])
+    clf.model.save_weights(run.work_dir / PHASE1_WEIGHTS)
+    state.write_text(json.dumps({"val_loss": val_loss}))
+    return val_loss
+
+
+def _feature_datasets(run: _Run, clf: Classifier, data: _Data):
+    with run.timed("features"):
+        splits = {}
+        for split, labels, weights, training in (
+            ("train", data.train_labels, data.train_weights, True),
+            ("validation", data.val_labels, None, False),
+        ):
+            features = _extract_features(run, clf, data, split)
+            data.features[split] = features
+            splits[split] = array_dataset(
+                features, labels, weights, data.options, training=training
+            )
+    return splits["train"], splits["validation"]
+
+
+def _extract_features(run: _Run, clf: Classifier, data: _Data, split: str) -> np.ndarray:
+    rows = len(data.train_paths if split == "train" else data.val_paths)
+    store = feature_store(rows, tuple(clf.features.output.shape[1:]), data.options)
+    batches = data.unshuffled_images(split)
+    total = math.ceil(rows / data.options.batch_size)
+    offset = 0
+    for step, batch in enumerate(batches, start=1):
+        images = batch[0]
+        out = np.asarray(clf.features(images, training=False), dtype=np.float32)
+        store[offset : offset + len(out)] = out
+        offset += len(out)
+        if run.hooks.should_cancel and run.hooks.should_cancel():
+            raise TrainingCancelledError("training was cancelled")
+        if run.hooks.progress:
+            run.hooks.progress(Progress("features", 1, 1, step, total))
+    return store
+
+
+def _phase2(run: _Run, clf: Classifier, data: _Data, start: int, phase1_loss: float) -> dict:
+    config = run.config
+    unfrozen = unfreeze_from(clf.base, start)
+    # Changing `trainable` only takes effect after compiling again.
+    run.compile(clf.model, config.fine_tune_learning_rate, data.options.num_classes)
+    keep = KeepBest(phase1_loss, clf.model.get_weights())
+    stop = keras.callbacks.EarlyStopping(patience=config.early_stopping_patience)
+    epochs = config.fine_tune_epochs
+    callbacks = [*run.callbacks("fine_tune", epochs, data.steps), keep, stop]
+    clf.model.fit(
+        data.images("train"),
+        validation_data=data.images("validation"),
+        epochs=epochs,
+        callbacks=callbacks,
+        verbose=0,
+        shuffle=False,
+    )
+    return {
+        "unfrozen_layers": unfrozen,
+        "first_layer": clf.base.layers[start].name,
+        "phase1_val_loss": round(phase1_loss, 6),
+        "best_val_loss": round(keep.best, 6),
+        "improved": keep.improved,
+    }
+
+
+def _predict_validation(clf: Classifier, data: _Data, from_features: bool) -> np.ndarray:
+    if from_features and "validation" in data.features:
+        features = data.features["validation"]
+        return np.asarray(clf.head.predict(features, batch_size=data.options.batch_size, verbose=0))
+    return np.asarray(clf.model.predict(data.images("validation"), verbose=0))
