@@ -1,9 +1,9 @@
 """The tf.data input pipeline, and the one decode/resize function training and serving share.
 
 Files are read and decoded in parallel, cached once decoded (in memory when they fit the
-budget, else in a file cache in the job folder), shuffled, batched and prefetched — onto
-the accelerator when there is one, so the next batch is already on the device when the
-step that needs it starts.
+budget, else in a file cache in the job folder), shuffled, batched and prefetched. On an
+accelerator the distribution strategy (see runtime.py) prefetches each batch onto the
+device, so the next batch is already there when the step that needs it starts.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ class PipelineOptions:
     seed: int
     cache_memory_bytes: int
     cache_dir: Path
-    device: str | None = None  # prefetch target, e.g. "/gpu:0"; None keeps batches on the host
 
 
 def image_dataset(
@@ -80,7 +79,7 @@ def image_dataset(
     if training:
         buffer = min(len(paths), _SHUFFLE_IMAGES)
         dataset = dataset.shuffle(buffer, seed=options.seed, reshuffle_each_iteration=True)
-    return to_device(dataset.batch(options.batch_size), options.device)
+    return dataset.batch(options.batch_size).prefetch(AUTOTUNE)
 
 
 def array_dataset(
@@ -99,7 +98,7 @@ def array_dataset(
     dataset = tf.data.Dataset.from_tensor_slices(columns)
     if training:
         dataset = dataset.shuffle(len(features), seed=options.seed, reshuffle_each_iteration=True)
-    return to_device(dataset.batch(options.batch_size), options.device)
+    return dataset.batch(options.batch_size).prefetch(AUTOTUNE)
 
 
 def _memmap_dataset(
@@ -131,7 +130,7 @@ def _memmap_dataset(
     if training:
         dataset = dataset.shuffle(len(features), seed=options.seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(options.batch_size).map(load, num_parallel_calls=AUTOTUNE)
-    return to_device(dataset, options.device)
+    return dataset.prefetch(AUTOTUNE)
 
 
 def feature_store(rows: int, shape: tuple[int, ...], options: PipelineOptions) -> np.ndarray:
@@ -142,13 +141,6 @@ def feature_store(rows: int, shape: tuple[int, ...], options: PipelineOptions) -
     options.cache_dir.mkdir(parents=True, exist_ok=True)
     path = options.cache_dir / f"features-{rows}x{'x'.join(map(str, shape))}.npy"
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, *shape))
-
-
-def to_device(dataset: tf.data.Dataset, device: str | None) -> tf.data.Dataset:
-    """Prefetch batches; onto ``device`` when given (must be the last transformation)."""
-    if device is None:
-        return dataset.prefetch(AUTOTUNE)
-    return dataset.apply(tf.data.experimental.prefetch_to_device(device))
 
 
 def _cache(dataset: tf.data.Dataset, nbytes: int, options: PipelineOptions, name: str):

@@ -17,7 +17,6 @@ class Runtime:
     gpus: int
     precision: str
     jit_compile: bool
-    device: str | None = None  # where input batches are prefetched to
     strategy: tf.distribute.Strategy = field(default_factory=tf.distribute.get_strategy)
 
     def describe(self) -> dict[str, object]:
@@ -26,7 +25,7 @@ class Runtime:
             "precision": self.precision,
             "xla": self.jit_compile,
             "strategy": type(self.strategy).__name__,
-            "prefetch_device": self.device,
+            "devices": list(self.strategy.extended.worker_devices),
         }
 
 
@@ -38,9 +37,13 @@ def resolve_runtime(config: TrainConfig) -> Runtime:
         precision = "mixed_float16" if gpus else "float32"
     jit = config.xla == "on" or (config.xla == "auto" and gpus > 0)
     if gpus > 1:
-        # Several GPUs: replicate the model; the strategy distributes the batches itself.
-        return Runtime(gpus, precision, jit, None, tf.distribute.MirroredStrategy())
-    return Runtime(gpus, precision, jit, "/gpu:0" if gpus == 1 else None)
+        # Several GPUs: replicate the model and split every batch between them.
+        return Runtime(gpus, precision, jit, tf.distribute.MirroredStrategy())
+    if gpus == 1:
+        # One GPU: this strategy prefetches each input batch onto the device, so the
+        # host-to-device copy overlaps the previous step.
+        return Runtime(gpus, precision, jit, tf.distribute.OneDeviceStrategy("/gpu:0"))
+    return Runtime(gpus, precision, jit)
 
 
 @contextmanager

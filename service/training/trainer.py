@@ -253,7 +253,6 @@ class _Data:
             seed=config.seed,
             cache_memory_bytes=settings.cache_memory_bytes,
             cache_dir=work_dir / "cache",
-            device=rt.device,
         )
         self.steps = math.ceil(len(train_idx) / config.batch_size)
         self._images: dict[str, object] = {}
