@@ -100,7 +100,8 @@ def _small_cnn(input_shape: tuple[int, int, int], weights: str | None) -> keras.
                 kernel_initializer="he_normal",
                 name=f"block{block}_conv{conv}",
             )(x)
-            x = layers.BatchNormalization(name=f"block{block}_bn{conv}")(x)
+            # A short momentum lets the moving statistics settle on small datasets.
+            x = layers.BatchNormalization(momentum=0.9, name=f"block{block}_bn{conv}")(x)
             x = layers.Activation("relu", name=f"block{block}_relu{conv}")(x)
         x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
     model = keras.Model(inputs, x, name="small_cnn")

@@ -45,6 +45,9 @@ class TrainConfig(BaseModel):
     dense_units: tuple[int, ...] = ()
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
     augmentation: AugmentationConfig | None = None
+    # Compute the frozen base's features once and train the head on them (phase 1, no
+    # augmentation). Same result as the full graph; off only to measure the difference.
+    feature_cache: bool = True
 
     fine_tune_layers: int = Field(default=0, ge=0)
     fine_tune_at: int | str | None = None
@@ -82,8 +85,8 @@ class TrainConfig(BaseModel):
     def from_file(cls, path: Path, **overrides: object) -> TrainConfig:
         """Read a JSON config file; explicit overrides (e.g. CLI flags) win."""
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidConfigError(f"cannot read config file {path}: {exc}") from exc
         if not isinstance(data, dict):
             raise InvalidConfigError(f"config file {path} must hold a JSON object")

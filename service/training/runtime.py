@@ -25,7 +25,7 @@ class Runtime:
             "precision": self.precision,
             "xla": self.jit_compile,
             "strategy": type(self.strategy).__name__,
-            "devices": list(self.strategy.extended.worker_devices),
+            "replicas": self.strategy.num_replicas_in_sync,
         }
 
 

@@ -43,7 +43,7 @@ from service.training.pipeline import (
 )
 from service.training.runtime import Runtime, dtype_policy, resolve_runtime
 
-PHASE1_WEIGHTS = "phase1.weights.h5"
+PHASE1_WEIGHTS = "phase1-weights.npz"
 PHASE1_STATE = "phase1.json"
 
 
@@ -136,6 +136,11 @@ class _Run:
         return found
 
     def compile(self, model: keras.Model, learning_rate: float, num_classes: int) -> None:
+        # Optimizer and metric variables must live under the model's strategy.
+        with self.rt.strategy.scope():
+            self._compile(model, learning_rate, num_classes)
+
+    def _compile(self, model: keras.Model, learning_rate: float, num_classes: int) -> None:
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=self.config.label_smoothing),
@@ -201,7 +206,7 @@ def train(
     start = fine_tune_start(base, config) if config.fine_tunes else None
 
     data = _Data(index, train_idx, val_idx, config, image_size, work_dir, settings, rt)
-    fast = config.augmentation is None
+    fast = config.feature_cache and config.augmentation is None
     with run.timed("head"):
         phase1_loss = _phase1(run, classifier, data, fast)
     fine_tune = None
@@ -290,7 +295,7 @@ def _sample_weights(labels: np.ndarray, num_classes: int, config: TrainConfig):
 def _phase1(run: _Run, clf: Classifier, data: _Data, fast: bool) -> float:
     config, state = run.config, run.work_dir / PHASE1_STATE
     if state.is_file():  # resuming a job whose head was already trained
-        clf.model.load_weights(run.work_dir / PHASE1_WEIGHTS)
+        clf.model.set_weights(load_weight_arrays(run.work_dir / PHASE1_WEIGHTS))
         return float(json.loads(state.read_text())["val_loss"])
     model = clf.head if fast else clf.model
     if fast:
@@ -311,9 +316,20 @@ def _phase1(run: _Run, clf: Classifier, data: _Data, fast: bool) -> float:
         shuffle=False,  # the datasets shuffle themselves
     )
     val_loss = float(model.evaluate(val_ds, verbose=0, return_dict=True)["loss"])
-    clf.model.save_weights(run.work_dir / PHASE1_WEIGHTS)
+    save_weight_arrays(clf.model, run.work_dir / PHASE1_WEIGHTS)
     state.write_text(json.dumps({"val_loss": val_loss}))
     return val_loss
+
+
+def save_weight_arrays(model: keras.Model, path: Path) -> None:
+    """Model variables only, in ``get_weights`` order: no optimizer state rides along."""
+    with path.open("wb") as handle:
+        np.savez(handle, *model.get_weights())
+
+
+def load_weight_arrays(path: Path) -> list[np.ndarray]:
+    with np.load(path) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
 def _feature_datasets(run: _Run, clf: Classifier, data: _Data):
