@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,14 +235,26 @@ def build_base(backbone: Backbone, image_size: int, weights: ResolvedWeights) ->
         keras_weights = str(weights.path) if weights.path else "imagenet"
     base = backbone.build(shape, keras_weights)
     if weights.source == "file" and weights.path is not None:
+        _load_weights_file(base, weights.path, f"{backbone.name} at image_size {image_size}")
+    return base
+
+
+def _load_weights_file(base: keras.Model, path: Path, target: str) -> None:
+    # Keras warns, layer by layer, about weights it skips; a base that silently keeps some
+    # random layers is worse than no job, so any such warning is a mismatch.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         try:
-            base.load_weights(weights.path)
+            base.load_weights(path)
         except (ValueError, OSError, KeyError) as exc:
             raise WeightsUnavailableError(
-                f"weights file {weights.path.name!r} does not fit {backbone.name} at "
-                f"image_size {image_size}: {exc}"
+                f"weights file {path.name!r} does not fit {target}: {exc}"
             ) from exc
-    return base
+    skipped = [str(w.message).splitlines()[0] for w in caught]
+    if skipped:
+        raise WeightsUnavailableError(
+            f"weights file {path.name!r} does not fit {target}: {skipped[0]}"
+        )
 
 
 def _sha256(path: Path) -> str:

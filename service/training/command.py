@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,17 +30,24 @@ _FLAG_FIELDS = (
 
 
 def run_train(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    config = _config(args)  # before importing TensorFlow: a bad config fails in a blink
     from service.training.trainer import Hooks, train
 
-    settings = get_settings()
-    config = _config(args)
+    created = args.output is None or not args.output.exists()
     work_dir = (
         args.output or settings.work_dir / f"{config.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     bar = ProgressLine(sys.stderr)
     started = time.perf_counter()
-    result = train(args.data, config, work_dir, settings, Hooks(progress=bar))
-    bar.close()
+    try:
+        result = train(args.data, config, work_dir, settings, Hooks(progress=bar))
+    except BaseException:
+        if created:  # a failed run leaves nothing behind it did not find
+            shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
     summary = result.summary()
     summary["timings"]["total"] = round(time.perf_counter() - started, 3)
     summary["work_dir"] = str(work_dir)

@@ -265,8 +265,6 @@ def test_weights_file_saved_from_small_cnn_loads_into_the_base(settings):
         np.testing.assert_array_equal(loaded, saved)
 
 
-# Keras warns once per layer it cannot fill before raising; the raise is what matters.
-@pytest.mark.filterwarnings("ignore:Skipping nested container:UserWarning")
 def test_weights_file_from_another_architecture_does_not_fit(settings):
     inputs = keras.Input((16, 16, 3))
     x = keras.layers.Conv2D(8, 3, name="block1_conv1")(inputs)

@@ -135,11 +135,10 @@ def test_cached_features_reach_the_same_accuracy_as_the_full_graph(
         with_weights,
     )
 
-    print("ACC", fast.evaluation["accuracy"], full.evaluation["accuracy"], fast.evaluation["loss"], full.evaluation["loss"])
     assert fast.used_feature_cache and not full.used_feature_cache
     assert fast.evaluation["accuracy"] >= 0.8
     assert abs(fast.evaluation["accuracy"] - full.evaluation["accuracy"]) <= 0.1
-    assert abs(fast.evaluation["loss"] - full.evaluation["loss"]) <= 0.15
+    assert abs(fast.evaluation["loss"] - full.evaluation["loss"]) <= 0.05
 
 
 def test_cancellation_stops_within_one_batch(shapes_dir, tmp_path, settings):
