@@ -49,7 +49,7 @@ def run_train(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     summary = result.summary()
-    summary["timings"]["total"] = round(time.perf_counter() - started, 3)
+    summary["timings"] = {**result.timings, "total": round(time.perf_counter() - started, 3)}
     summary["work_dir"] = str(work_dir)
     _save(result, work_dir, summary)
     if args.json:

@@ -112,7 +112,8 @@ def stratified_split(
     """Indices of a seeded per-class split; every class with 2+ images gets a validation image."""
     rng = np.random.default_rng(seed)
     label_array = np.asarray(labels)
-    train, val = [], []
+    train: list[int] = []
+    val: list[int] = []
     for label in np.unique(label_array):
         members = rng.permutation(np.flatnonzero(label_array == label))
         n_val = (

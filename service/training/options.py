@@ -34,7 +34,7 @@ class TrainConfig(BaseModel):
     model_name: ModelName
     base_model: str = "mobilenet_v2"
     weights: str = "imagenet"
-    image_size: int | None = Field(default=None, ge=32, le=1024)
+    image_size: int | None = Field(default=None, ge=8, le=1024)
 
     epochs: int = Field(default=10, ge=1, le=1000)
     batch_size: int = Field(default=32, ge=1, le=4096)

@@ -63,3 +63,38 @@ def _contrasting_colours(rng: np.random.Generator) -> tuple[tuple[int, ...], tup
     dark = tuple(int(v) for v in rng.integers(0, 90, size=3))
     light = tuple(int(v) for v in rng.integers(160, 256, size=3))
     return (dark, light) if rng.random() < 0.5 else (light, dark)
+
+
+def make_digits_dataset(
+    root: Path,
+    digits: tuple[int, ...],
+    per_class: int | None = None,
+    exclude: frozenset[int] = frozenset(),
+    seed: int = 0,
+) -> tuple[Path, list[int]]:
+    """Write scikit-learn's 8x8 handwritten digits as ``<root>/digit_<d>/<n>.png``.
+
+    Args:
+        digits: which digits become classes.
+        per_class: how many images of each (a seeded sample); all of them when None.
+        exclude: indices into scikit-learn's digits that must not be used.
+
+    Returns:
+        ``root`` and the indices of the digits written, so another split can exclude them.
+    """
+    from sklearn.datasets import load_digits  # a development dependency
+
+    data = load_digits()
+    pixels = (data.images * (255 / 16)).round().astype(np.uint8)
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for digit in digits:
+        candidates = [i for i in np.flatnonzero(data.target == digit) if i not in exclude]
+        if per_class is not None:
+            candidates = sorted(rng.choice(candidates, per_class, replace=False).tolist())
+        chosen.extend(int(i) for i in candidates)
+    for i in chosen:
+        folder = root / f"digit_{data.target[i]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[i]).convert("RGB").save(folder / f"{i:04d}.png")
+    return root, chosen
