@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/ftserve train --data var/sample --model-name shapes --base-model small_cnn \
 		--weights none --epochs 8 --output var/runs/shapes
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
