@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from service.errors import InvalidConfigError, TrainingCancelledError, WeightsUnavailableError
+from service.training.callbacks import KeepBest
 from service.training.options import AugmentationConfig, TrainConfig
 from service.training.runtime import Runtime
 from service.training.trainer import (
@@ -103,10 +104,12 @@ def _initial_base_model(settings, config):
 def test_fine_tuning_that_does_not_improve_keeps_the_phase1_weights(
     shapes_dir, tmp_path, with_weights
 ):
-    # A huge learning rate wrecks the base: validation loss cannot beat phase 1.
+    # Phase 1 converges to a near-zero loss; a huge learning rate then wrecks the base,
+    # so no fine-tuning epoch can beat it.
     config = _config(
         weights="shapes.weights.h5",
-        epochs=3,
+        epochs=20,
+        learning_rate=1e-2,
         fine_tune_layers=6,
         fine_tune_epochs=2,
         fine_tune_learning_rate=1.0,
@@ -290,3 +293,34 @@ def test_balanced_class_weights_even_out_the_classes():
     np.testing.assert_allclose(weights[:8], 0.625)
     np.testing.assert_allclose(weights[8:], 2.5)
     assert _sample_weights(labels, 2, _config()) is None
+
+
+def test_keep_best_restores_the_baseline_when_no_epoch_beats_it():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    baseline = [np.ones_like(w) for w in model.get_weights()]
+    keep = KeepBest(baseline=0.5, baseline_weights=baseline)
+    keep.set_model(model)
+
+    keep.on_epoch_end(0, {"val_loss": 0.7})
+    keep.on_epoch_end(1, {"val_loss": 0.5})
+    keep.on_train_end()
+
+    assert keep.improved is False and keep.best == 0.5
+    for restored, expected in zip(model.get_weights(), baseline, strict=True):
+        np.testing.assert_array_equal(restored, expected)
+
+
+def test_keep_best_keeps_the_best_epoch_when_one_beats_the_baseline():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    keep = KeepBest(baseline=0.5, baseline_weights=[np.zeros_like(w) for w in model.get_weights()])
+    keep.set_model(model)
+    best = [np.array(w) for w in model.get_weights()]
+
+    keep.on_epoch_end(0, {"val_loss": 0.3})
+    model.set_weights([w + 1 for w in best])
+    keep.on_epoch_end(1, {"val_loss": 0.4})
+    keep.on_train_end()
+
+    assert keep.improved is True and keep.best == 0.3
+    for restored, expected in zip(model.get_weights(), best, strict=True):
+        np.testing.assert_array_equal(restored, expected)
