@@ -3,7 +3,8 @@
     FtserveError (500 internal)
     ├── BadRequestError (400 bad_request)
     │   ├── InvalidArchiveError (400 invalid_archive)
-    │   └── UnsafeArchiveMemberError (400 unsafe_archive_member)
+    │   ├── UnsafeArchiveMemberError (400 unsafe_archive_member)
+    │   └── InvalidModelNameError (400 invalid_model_name)
     ├── PayloadTooLargeError (413 too_large)
     │   ├── ArchiveLimitError (413 archive_limit)
     │   └── ImageTooLargeError (413 image_too_large)
@@ -11,7 +12,8 @@
     │   ├── InvalidConfigError (422 invalid_config)
     │   ├── DatasetError (422 dataset_unusable)
     │   └── WeightsUnavailableError (422 weights_unavailable)
-    └── TrainingCancelledError (409 cancelled)
+    ├── TrainingCancelledError (409 cancelled)
+    └── ExportError (500 export_failed)
 
 Code that raises picks the most specific class; the HTTP layer renders any of them as
 ``{"error": {"code": ..., "message": ...}}`` with ``status``.
@@ -80,3 +82,13 @@ class WeightsUnavailableError(UnprocessableError):
 class TrainingCancelledError(FtserveError):
     status = HTTPStatus.CONFLICT
     code = "cancelled"
+
+
+class InvalidModelNameError(BadRequestError):
+    code = "invalid_model_name"
+
+
+class ExportError(FtserveError):
+    """An exported model does not answer like the trained one (or cannot be written)."""
+
+    code = "export_failed"
