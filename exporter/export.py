@@ -30,7 +30,6 @@ from exporter.signatures import (
 )
 from exporter.warmup import WARMUP_FILE, write_warmup_requests
 from service.errors import ExportError
-from service.training.dataset import stratified_split
 from service.training.pipeline import decode_and_resize
 from service.training.trainer import TrainingResult
 
@@ -59,19 +58,12 @@ def decode_batch(images_bytes: Sequence[bytes], image_size: int) -> np.ndarray:
 
 
 def validation_image_bytes(result: TrainingResult, limit: int) -> list[bytes]:
-    """Raw bytes of up to ``limit`` validation images, spread over the classes.
-
-    The split is recomputed with the trainer's own function and inputs (labels, fraction,
-    seed), so these are the very images the run held out.
-    """
-    _, val_idx = stratified_split(
-        result.dataset.labels, result.config.validation_split, result.config.seed
-    )
-    # Validation indices come sorted by file, so by class: a stride keeps every class in.
-    stride = max(1, math.ceil(len(val_idx) / limit))
-    picked = val_idx[::stride][:limit]
+    """Raw bytes of up to ``limit`` of the run's held-out images, spread over the classes."""
+    paths = result.validation_paths
+    # Validation paths come sorted by class: a stride keeps every class in.
+    stride = max(1, math.ceil(len(paths) / limit))
     try:
-        return [result.dataset.paths[int(i)].read_bytes() for i in picked]
+        return [path.read_bytes() for path in paths[::stride][:limit]]
     except OSError as exc:
         raise ExportError(f"cannot read a validation image for the export: {exc}") from exc
 

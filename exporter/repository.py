@@ -109,21 +109,27 @@ class ModelRepository:
             raise
 
     def publish(
-        self, model: str, staging_dir: Path, verify: Callable[[Path], None] | None = None
+        self,
+        model: str,
+        staging_dir: Path,
+        verify: Callable[[Path], None] | None = None,
+        stamp: Callable[[Path, int], None] | None = None,
     ) -> int:
         """Make ``staging_dir`` the next version of ``model`` and return that version.
 
-        Everything under it is fsynced, then ``verify(staging_dir)`` runs; if that (or
-        anything before the rename) raises, the staging directory is removed and no
-        version appears. Concurrent publishers, threads or processes, get distinct versions.
+        ``verify(staging_dir)`` runs first; then, holding the repository lock,
+        ``stamp(staging_dir, version)`` may record the version number inside (the model
+        card does), everything is fsynced and the directory is renamed to that number. If
+        anything before the rename raises, the staging directory is removed and no version
+        appears. Concurrent publishers, threads or processes, get distinct versions.
         """
         model_dir = self.model_dir(model)
         _check_staging(model_dir, Path(staging_dir))
         try:
-            _fsync_tree(staging_dir)
             if verify is not None:
                 verify(staging_dir)
-            version = _rename_to_next_version(model_dir, Path(staging_dir))
+            with self._config_lock():
+                version = _rename_to_next_version(model_dir, Path(staging_dir), stamp)
         except BaseException:
             shutil.rmtree(staging_dir, ignore_errors=True)
             raise
@@ -215,9 +221,14 @@ def _check_staging(model_dir: Path, staging_dir: Path) -> None:
         raise ValueError(f"{staging_dir} is empty: nothing to publish")
 
 
-def _rename_to_next_version(model_dir: Path, staging_dir: Path) -> int:
+def _rename_to_next_version(
+    model_dir: Path, staging_dir: Path, stamp: Callable[[Path, int], None] | None
+) -> int:
     candidate = _highest_number(model_dir) + 1
     while True:
+        if stamp is not None:
+            stamp(staging_dir, candidate)
+        _fsync_tree(staging_dir)
         try:
             os.rename(staging_dir, model_dir / str(candidate))
             return candidate

@@ -50,6 +50,9 @@ def _add_train(train: argparse.ArgumentParser) -> None:
     for flag in ("image-size", "epochs", "fine-tune-layers", "fine-tune-epochs", "batch-size"):
         train.add_argument(f"--{flag}", type=int)
     train.add_argument("--output", type=Path, help="job folder (default: a new one under work_dir)")
+    train.add_argument(
+        "--model-repo", type=Path, help="model repository to publish into (FTSERVE_MODEL_REPO)"
+    )
     train.add_argument("--json", action="store_true", help="print one JSON document")
     train.set_defaults(handler=_train)
 

@@ -112,6 +112,15 @@ def test_train_json_prints_one_summary_and_saves_the_model(tmp_path, env, shapes
     assert zipfile.is_zipfile(out / "model.keras")
     assert (out / "labels.txt").read_text() == "circle\nsquare\ntriangle\n"
     assert json.loads((out / "result.json").read_text()) == summary
+    version_dir = tmp_path / "var" / "models" / "t" / "1"
+    assert summary["version"] == 1
+    assert summary["saved_model_path"] == str(version_dir)
+    assert summary["onnx_path"] == str(version_dir / "assets.extra" / "model.onnx")
+    assert 0.0 <= summary["onnx_max_abs_diff"] <= 1e-4
+    assert (version_dir / "saved_model.pb").is_file()
+    card = json.loads((version_dir / "assets.extra" / "model_card.json").read_text())
+    assert (card["name"], card["version"], card["classes"]) == ("t", 1, SHAPES)
+    assert 'name: "t"' in (tmp_path / "var" / "models" / "models.config").read_text()
 
 
 def test_train_without_cached_imagenet_weights_fails_at_once(tmp_path, env, shapes_dir):

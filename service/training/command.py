@@ -9,7 +9,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 # TensorFlow's C++ start-up chatter is noise on a terminal; errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -17,6 +17,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from service.config import get_settings
 from service.training.callbacks import Progress
 from service.training.options import TrainConfig
+
+if TYPE_CHECKING:
+    from service.training.trainer import TrainingResult
 
 _FLAG_FIELDS = (
     "base_model",
@@ -51,7 +54,9 @@ def run_train(args: argparse.Namespace) -> int:
     summary = result.summary()
     summary["timings"] = {**result.timings, "total": round(time.perf_counter() - started, 3)}
     summary["work_dir"] = str(work_dir)
-    _save(result, work_dir, summary)
+    _save_model(result, work_dir)  # kept even if publishing fails below
+    summary.update(_publish(result, args.model_repo or settings.model_repo))
+    (work_dir / "result.json").write_text(json.dumps(summary, indent=2))
     if args.json:
         print(json.dumps(summary))
     else:
@@ -67,10 +72,16 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.parse(overrides)
 
 
-def _save(result, work_dir: Path, summary: dict) -> None:
+def _publish(result: TrainingResult, repo: Path) -> dict[str, object]:
+    from exporter.publish import publish_result
+    from exporter.repository import ModelRepository
+
+    return publish_result(result, ModelRepository(repo.resolve())).summary()
+
+
+def _save_model(result: TrainingResult, work_dir: Path) -> None:
     result.classifier.model.save(work_dir / "model.keras")
     (work_dir / "labels.txt").write_text("\n".join(result.classes) + "\n")
-    (work_dir / "result.json").write_text(json.dumps(summary, indent=2))
 
 
 def _print_report(summary: dict) -> None:
@@ -103,6 +114,10 @@ def _print_report(summary: dict) -> None:
             f"({'kept' if ft['improved'] else 'phase-1 weights kept'})"
         )
     print(f"saved        {summary['work_dir']}/model.keras")
+    print(
+        f"published    version {summary['version']} at {summary['saved_model_path']} "
+        f"(ONNX max abs diff {summary['onnx_max_abs_diff']:.2e})"
+    )
     print(f"time         {summary['timings']['total']:.1f}s")
 
 

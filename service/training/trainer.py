@@ -69,6 +69,8 @@ class TrainingResult:
     fine_tune: dict[str, object] | None = None
     evaluation: dict[str, object] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # The held-out images, sorted by class: the exporter checks and warms up with them.
+    validation_paths: tuple[Path, ...] = ()
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -229,6 +231,7 @@ def train(
         fine_tune,
         evaluation,
         run.timings,
+        tuple(Path(p) for p in data.val_paths),
     )
 
 

@@ -23,7 +23,6 @@ from exporter.export import (
 from exporter.onnx_export import ONNX_OPSET, check_parity, compute_dtypes, export_onnx
 from exporter.signatures import LABELS_FILE, save_saved_model
 from exporter.warmup import WARMUP_FILE, read_warmup_requests
-from service.config import Settings
 from service.errors import ExportError
 from service.training.backbones import (
     BackbonePreprocessing,
@@ -35,27 +34,10 @@ from service.training.model import build_classifier
 from service.training.options import TrainConfig
 from service.training.runtime import dtype_policy
 from service.training.sample_data import make_shapes_dataset
-from service.training.trainer import TrainingResult, train
+from service.training.trainer import TrainingResult
 
 IMAGE_SIZE = 32
 OUTPUT_KEYS = {"probabilities", "labels", "label_scores"}
-
-
-@pytest.fixture(scope="module")
-def result(tmp_path_factory: pytest.TempPathFactory) -> TrainingResult:
-    root = tmp_path_factory.mktemp("export-train")
-    data = make_shapes_dataset(root / "shapes", images_per_class=8, image_size=IMAGE_SIZE, seed=0)
-    settings = Settings(
-        data_root=root / "data",
-        work_dir=root / "jobs",
-        model_repo=root / "models",
-        weights_dir=root / "weights",
-        weights_download=False,
-    )
-    config = TrainConfig(
-        model_name="shapes", base_model="small_cnn", weights="none", epochs=1, batch_size=8
-    )
-    return train(data, config, settings.work_dir / "job", settings)
 
 
 @pytest.fixture(scope="module")
