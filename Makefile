@@ -33,6 +33,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.training_speed
+	$(BIN)/python -m bench.export_serving
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache
