@@ -1,9 +1,11 @@
 """Time to reach the same validation accuracy: ftserve's recipe vs the classic one.
 
-ours:    global-average pooling; the frozen base's features are computed once and
-         cached, and the head trains on the cache.
+ours:    the default recipe: global-average pooling; the frozen base's features are
+         computed once and cached, and the head trains on the cache.
 classic: flatten → Dense(512, relu) → Dense(C); decoded images are cached too, but go
          through the frozen base again every epoch.
+classic-head/cached: the classic head on ftserve's engine (cached features), which
+         separates what the head costs from what the engine saves.
 
 Same data (scikit-learn's digits 5–9), same base (small_cnn pretrained on digits 0–4),
 same optimiser and seed. The clock starts when training starts — ingest, decoding and
@@ -89,11 +91,12 @@ def main() -> None:
             early_stopping_patience=args.epochs,
             seed=0,
         )
+        classic_head = dict(pooling="flatten", dense_units=(512,), dropout=0.0)
         recipes = {
             "ours": TrainConfig(**common),
-            "classic": TrainConfig(
-                **common, pooling="flatten", dense_units=(512,), dropout=0.0, feature_cache=False
-            ),
+            "classic": TrainConfig(**common, **classic_head, feature_cache=False),
+            # The classic head on ftserve's engine: separates the head from the engine.
+            "classic-head/cached": TrainConfig(**common, **classic_head),
         }
         curves = {
             name: _timed_run(data, config, root / name, settings)
@@ -102,26 +105,28 @@ def main() -> None:
 
     best = {name: max(acc for _, acc in curve) for name, curve in curves.items()}
     target = args.target or round(0.98 * min(best.values()), 3)
+
     print(
         f"data: {len(chosen)} images of digits 5-9 at {args.image_size}px; base small_cnn "
         f"pretrained on digits 0-4; {args.epochs} epochs; target {target:.3f}"
     )
-    print(f"{'recipe':<9} {'s to target':>12} {'s/epoch':>9} {'best val acc':>13}")
-    reached = {}
+    print(f"{'recipe':<20} {'s to target':>12} {'s/epoch':>9} {'best val acc':>13}")
+    reached, per_epoch = {}, {}
     for name, curve in curves.items():
         reached[name] = _time_to(curve, target)
-        per_epoch = (curve[-1][0] - curve[0][0]) / max(len(curve) - 1, 1)
+        per_epoch[name] = (curve[-1][0] - curve[0][0]) / max(len(curve) - 1, 1)
         shown = "never" if reached[name] is None else f"{reached[name]:.2f}"
-        print(f"{name:<9} {shown:>12} {per_epoch:>9.3f} {best[name]:>13.3f}")
-        reached[f"{name}/epoch"] = per_epoch
-    print(f"ratio per epoch: classic {reached['classic/epoch'] / reached['ours/epoch']:.1f}x ours")
-    if reached["ours"] and reached["classic"]:
-        print(
-            f"ratio to target: classic takes {reached['classic'] / reached['ours']:.1f}x "
-            f"as long as ours"
+        print(f"{name:<20} {shown:>12} {per_epoch[name]:>9.3f} {best[name]:>13.3f}")
+    for name in ("ours", "classic-head/cached"):
+        ratio = (
+            f"{reached['classic'] / reached[name]:.2f}x"
+            if reached["classic"] and reached[name]
+            else "not reached"
         )
-    else:
-        print("ratio to target: not measured, a recipe never reached it (lower --target)")
+        print(
+            f"classic / {name}: per epoch {per_epoch['classic'] / per_epoch[name]:.1f}x, "
+            f"time to target {ratio}"
+        )
 
 
 if __name__ == "__main__":

@@ -126,11 +126,12 @@ class _Run:
         yield
         self.timings[name] = round(time.perf_counter() - started, 3)
 
-    def callbacks(self, phase: str, epochs: int, steps: int) -> list[keras.callbacks.Callback]:
-        found: list[keras.callbacks.Callback] = [
-            keras.callbacks.BackupAndRestore(str(self.work_dir / "backup" / phase)),
-            _HistoryCallback(self.history, phase),
-        ]
+    def callbacks(
+        self, phase: str, epochs: int, steps: int, *, backup: bool = True
+    ) -> list[keras.callbacks.Callback]:
+        found: list[keras.callbacks.Callback] = [_HistoryCallback(self.history, phase)]
+        if backup:
+            found.append(keras.callbacks.BackupAndRestore(str(self.work_dir / "backup" / phase)))
         if self.hooks.progress:
             found.append(ProgressCallback(self.hooks.progress, phase, epochs, steps))
         if self.hooks.should_cancel:
@@ -309,7 +310,9 @@ def _phase1(run: _Run, clf: Classifier, data: _Data, fast: bool) -> float:
     stop = keras.callbacks.EarlyStopping(
         patience=config.early_stopping_patience, restore_best_weights=True
     )
-    callbacks = [*run.callbacks("head", config.epochs, data.steps), stop]
+    # A head on cached features retrains in seconds: checkpointing each of its short
+    # epochs would cost more than redoing them after a crash.
+    callbacks = [*run.callbacks("head", config.epochs, data.steps, backup=not fast), stop]
     model.fit(
         train_ds,
         validation_data=val_ds,
@@ -358,7 +361,7 @@ def _extract_features(run: _Run, clf: Classifier, data: _Data, split: str) -> np
     offset = 0
     for step, batch in enumerate(batches, start=1):
         images = batch[0]
-        out = np.asarray(clf.features(images, training=False), dtype=np.float32)
+        out = np.asarray(clf.features.predict_on_batch(images), dtype=np.float32)
         store[offset : offset + len(out)] = out
         offset += len(out)
         if run.hooks.should_cancel and run.hooks.should_cancel():
