@@ -16,8 +16,10 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/ftserve sample-data var/sample --overwrite
+	# No pretrained weights on a fresh machine: train small_cnn end to end (phase 2 from layer 0).
 	$(BIN)/ftserve train --data var/sample --model-name shapes --base-model small_cnn \
-		--weights none --epochs 8 --output var/runs/shapes
+		--weights none --epochs 3 --fine-tune-at 0 --fine-tune-epochs 20 \
+		--fine-tune-learning-rate 1e-3 --batch-size 16 --output var/runs/shapes-$$(date +%s)
 
 test: lint
 	$(BIN)/python -m pytest

@@ -49,12 +49,20 @@ def _add_train(train: argparse.ArgumentParser) -> None:
     train.add_argument("--weights", help="imagenet | none | a file in the weights folder")
     for flag in ("image-size", "epochs", "fine-tune-layers", "fine-tune-epochs", "batch-size"):
         train.add_argument(f"--{flag}", type=int)
+    for flag in ("learning-rate", "fine-tune-learning-rate"):
+        train.add_argument(f"--{flag}", type=float)
+    train.add_argument("--fine-tune-at", type=_layer_ref, help="first layer to unfreeze")
     train.add_argument("--output", type=Path, help="job folder (default: a new one under work_dir)")
     train.add_argument(
         "--model-repo", type=Path, help="model repository to publish into (FTSERVE_MODEL_REPO)"
     )
     train.add_argument("--json", action="store_true", help="print one JSON document")
     train.set_defaults(handler=_train)
+
+
+def _layer_ref(value: str) -> int | str:
+    """A layer index when it is a number, else a layer name."""
+    return int(value) if value.isdigit() else value
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -171,3 +171,24 @@ def test_train_on_a_single_class_is_rejected(tmp_path, env, shapes_dir):
         "code": "dataset_unusable",
         "message": "a dataset needs at least 2 class folders, found 1: 'circle'",
     }
+
+
+def test_train_flags_map_onto_the_training_config(tmp_path):
+    from service.cli import _parser
+    from service.training.command import _config
+
+    args = _parser().parse_args([
+        "train", "--data", str(tmp_path), "--model-name", "m", "--learning-rate", "0.01",
+        "--fine-tune-at", "block3_conv1", "--fine-tune-learning-rate", "1e-4",
+        "--fine-tune-epochs", "2",
+    ])  # fmt: skip
+    by_index = _parser().parse_args(
+        ["train", "--data", str(tmp_path), "--model-name", "m", "--fine-tune-at", "12"]
+    )
+
+    config = _config(args)
+    assert (config.learning_rate, config.fine_tune_at, config.fine_tune_learning_rate) == (
+        0.01, "block3_conv1", 1e-4,
+    )  # fmt: skip
+    assert config.fine_tune_epochs == 2 and config.fine_tunes
+    assert _config(by_index).fine_tune_at == 12

@@ -29,6 +29,9 @@ _FLAG_FIELDS = (
     "fine_tune_layers",
     "fine_tune_epochs",
     "batch_size",
+    "learning_rate",
+    "fine_tune_at",
+    "fine_tune_learning_rate",
 )
 
 
