@@ -281,10 +281,15 @@ class _Data:
         return self._images[split]
 
     def unshuffled_images(self, split: str):
-        paths = self.train_paths if split == "train" else self.val_paths
-        labels = self.train_labels if split == "train" else self.val_labels
+        if split == "validation":  # never shuffled anyway: share its decoded cache
+            return self.images(split)
         return image_dataset(
-            paths, labels, None, self.options, training=False, name=f"{split}-features"
+            self.train_paths,
+            self.train_labels,
+            None,
+            self.options,
+            training=False,
+            name="train-features",
         )
 
 
