@@ -66,8 +66,7 @@ def image_dataset(
     name: str,
 ) -> tf.data.Dataset:
     """Batches of (images, one-hot labels[, sample weights]) decoded from files."""
-    one_hot = np.eye(options.num_classes, dtype=np.float32)[labels]
-    columns = (paths, one_hot) if weights is None else (paths, one_hot, weights)
+    columns = _columns(paths, labels, weights, options.num_classes)
     size = options.image_size
 
     def load(path: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
@@ -91,14 +90,26 @@ def array_dataset(
     training: bool,
 ) -> tf.data.Dataset:
     """Batches of precomputed base features; shuffled as a whole each epoch."""
-    one_hot = np.eye(options.num_classes, dtype=np.float32)[labels]
     if isinstance(features, np.memmap):
+        one_hot = _one_hot(labels, options.num_classes)
         return _memmap_dataset(features, one_hot, weights, options, training=training)
-    columns = (features, one_hot) if weights is None else (features, one_hot, weights)
+    columns = _columns(features, labels, weights, options.num_classes)
     dataset = tf.data.Dataset.from_tensor_slices(columns)
     if training:
         dataset = dataset.shuffle(len(features), seed=options.seed, reshuffle_each_iteration=True)
     return dataset.batch(options.batch_size).prefetch(AUTOTUNE)
+
+
+def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype=np.float32)[labels]
+
+
+def _columns(
+    inputs: object, labels: np.ndarray, weights: np.ndarray | None, num_classes: int
+) -> tuple[object, ...]:
+    """(inputs, one-hot labels) plus sample weights when there are any: what Keras fit takes."""
+    one_hot = _one_hot(labels, num_classes)
+    return (inputs, one_hot) if weights is None else (inputs, one_hot, weights)
 
 
 def _memmap_dataset(
