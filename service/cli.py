@@ -30,6 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ftserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train(commands.add_parser("train", help="fine-tune a model on a local dataset"))
+    _add_model_server(
+        commands.add_parser(
+            "model-server",
+            help="serve a model repository over gRPC and REST like TensorFlow Serving",
+        )
+    )
     sample = commands.add_parser("sample-data", help="write a small synthetic shapes dataset")
     sample.add_argument("output", type=Path)
     sample.add_argument("--images-per-class", type=int, default=30)
@@ -58,6 +64,26 @@ def _add_train(train: argparse.ArgumentParser) -> None:
     )
     train.add_argument("--json", action="store_true", help="print one JSON document")
     train.set_defaults(handler=_train)
+
+
+def _add_model_server(parser: argparse.ArgumentParser) -> None:
+    from service.model_server.options import add_arguments
+
+    add_arguments(parser)
+    parser.set_defaults(handler=_model_server)
+
+
+def _model_server(args: argparse.Namespace) -> int:
+    from service.model_server.options import options_from_args
+
+    try:
+        options = options_from_args(args)
+    except ValueError as exc:
+        print(f"ftserve model-server: error: {exc}", file=sys.stderr)
+        return 2
+    from service.model_server.server import run
+
+    return run(options)
 
 
 def _layer_ref(value: str) -> int | str:

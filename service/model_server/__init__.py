@@ -1,0 +1,1 @@
+"""`ftserve model-server`: a TensorFlow-Serving-compatible model server for one machine."""

@@ -1,0 +1,176 @@
+"""What the model server does, once: both the gRPC servicers and the REST routes call this.
+
+Blocking TensorFlow work runs on a thread pool; the event loop only checks, routes and
+batches requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from concurrent.futures import Executor
+from functools import partial
+from typing import TypeVar
+
+import grpc
+import numpy as np
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_pb2,
+    predict_pb2,
+    status_pb2,
+)
+from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
+
+from service.model_server.batching import BatchScheduler
+from service.model_server.config import ConfigError, model_settings
+from service.model_server.manager import ModelManager, VersionRecord
+from service.model_server.metrics import ServerMetrics
+from service.model_server.servable import PreparedPredict, Servable
+from service.model_server.status import ServingError, invalid_argument
+
+SIGNATURE_DEF = "signature_def"
+T = TypeVar("T")
+
+
+class ModelServerCore:
+    def __init__(
+        self,
+        manager: ModelManager,
+        executor: Executor,
+        metrics: ServerMetrics,
+        batcher: BatchScheduler | None = None,
+    ) -> None:
+        self.manager = manager
+        self.metrics = metrics
+        self._executor = executor
+        self.batcher = batcher
+
+    async def predict(
+        self, request: predict_pb2.PredictRequest, entrypoint: str
+    ) -> predict_pb2.PredictResponse:
+        return await self._measured(
+            request.model_spec.name, "predict", entrypoint, partial(self._predict, request)
+        )
+
+    async def get_model_metadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, entrypoint: str
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        return await self._measured(
+            request.model_spec.name,
+            "GetModelMetadata",
+            entrypoint,
+            partial(self._metadata, request),
+        )
+
+    def get_model_status(
+        self, request: get_model_status_pb2.GetModelStatusRequest
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        spec = request.model_spec
+        version = spec.version.value if spec.HasField("version") else None
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for record in self.manager.status(spec.name, version):
+            response.model_version_status.append(_version_status(record))
+        return response
+
+    def record_batch(self, key: Hashable, size: int, padded_size: int) -> None:
+        """The batch scheduler's ``on_batch``: batch sizes per model, for the metrics."""
+        assert isinstance(key, tuple)
+        self.metrics.record_batch(str(key[0]), size, padded_size)
+
+    async def reload_config(
+        self, request: model_management_pb2.ReloadConfigRequest
+    ) -> model_management_pb2.ReloadConfigResponse:
+        """Serve the models in ``request.config``; answers once they loaded or failed."""
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            await self.apply_config(request.config)
+        except ConfigError as exc:
+            response.status.error_code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            response.status.error_message = str(exc)
+        return response
+
+    async def apply_config(self, config: ModelServerConfig) -> None:
+        self.manager.set_config(model_settings(config))
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.manager.poll)
+
+    async def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        with self.manager.acquire(request.model_spec) as servable:
+            prepared = servable.prepare(request)
+            outputs = await self._run(servable, prepared)
+            return servable.respond(prepared, outputs)
+
+    async def _run(self, servable: Servable, prepared: PreparedPredict) -> dict[str, np.ndarray]:
+        run = partial(servable.run, prepared.signature_name)
+        if self.batcher is None or not servable.batchable(prepared.signature_name):
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, run, prepared.inputs)
+        key = (servable.name, servable.version, prepared.signature_name)
+        return await self.batcher.submit(key, prepared.inputs, run)
+
+    async def _metadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        if not request.metadata_field:
+            raise invalid_argument(
+                "GetModelMetadataRequest must specify at least one metadata_field"
+            )
+        for metadata_field in request.metadata_field:
+            if metadata_field != SIGNATURE_DEF:
+                raise invalid_argument(f"Metadata field {metadata_field} is not supported")
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        with self.manager.acquire(request.model_spec) as servable:
+            response.model_spec.name = servable.name
+            response.model_spec.version.value = servable.version
+            signatures = get_model_metadata_pb2.SignatureDefMap()
+            for name, signature in servable.signature_defs.items():
+                signatures.signature_def[name].CopyFrom(signature)
+        response.metadata[SIGNATURE_DEF].Pack(signatures)
+        return response
+
+    async def _measured(
+        self, model: str, api: str, entrypoint: str, call: Callable[[], Awaitable[T]]
+    ) -> T:
+        start = time.perf_counter()
+        status = "OK"
+        try:
+            return await call()
+        except ServingError as exc:
+            status = exc.code.name
+            raise
+        except asyncio.CancelledError:
+            status = grpc.StatusCode.CANCELLED.name
+            raise
+        finally:
+            self.metrics.record_request(model, api, entrypoint, status, time.perf_counter() - start)
+
+
+def _version_status(record: VersionRecord) -> get_model_status_pb2.ModelVersionStatus:
+    # TensorFlow Serving always sets the status: error_code 0 (OK) when there is no error.
+    error = record.error
+    return get_model_status_pb2.ModelVersionStatus(
+        version=record.version,
+        state=int(record.state),
+        status=status_pb2.StatusProto(
+            error_code=error.error_code if error else 0,
+            error_message=error.message if error else "",
+        ),
+    )
+
+
+def model_spec(
+    name: str, version: int | None = None, label: str | None = None
+) -> model_pb2.ModelSpec:
+    spec = model_pb2.ModelSpec(name=name)
+    if version is not None:
+        spec.version.value = version
+    elif label is not None:
+        spec.version_label = label
+    return spec

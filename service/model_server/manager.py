@@ -1,0 +1,298 @@
+"""Which versions are loaded, and how requests find one: TensorFlow Serving's manager.
+
+A poll looks at each model's base path, works out the versions its policy wants, loads
+and warms up the new ones, and only then unloads the ones no longer wanted, so a model
+never goes dark during a swap (TensorFlow Serving's availability-preserving policy). A
+version that fails to load is reported as END with its error and the old one keeps serving.
+A request holds its version until it finishes: unloading waits for requests in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+
+import grpc
+from tensorflow_serving.apis import model_pb2
+
+from service.model_server.config import ModelSettings
+from service.model_server.servable import LoadError, Servable, has_saved_model
+from service.model_server.status import ServingError, invalid_argument, not_found, unavailable
+
+log = logging.getLogger(__name__)
+
+_NUMBER = re.compile(r"[0-9]+")
+
+
+class State(IntEnum):
+    """``ModelVersionStatus.State``, with the same numbers."""
+
+    START = 10
+    LOADING = 20
+    AVAILABLE = 30
+    UNLOADING = 40
+    END = 50
+
+
+@dataclass
+class VersionRecord:
+    version: int
+    state: State = State.START
+    error: ServingError | None = None
+    servable: Servable | None = None
+    in_flight: int = 0
+    fingerprint: tuple[int, ...] = ()
+
+
+@dataclass
+class ModelRecord:
+    settings: ModelSettings
+    versions: dict[int, VersionRecord] = field(default_factory=dict)
+
+
+Loader = Callable[[str, int, Path], Servable]
+
+
+def load_servable(name: str, version: int, path: Path, warmup: bool = True) -> Servable:
+    servable = Servable(name, version, path)
+    if warmup:
+        servable.warm_up()
+    return servable
+
+
+def versions_on_disk(base_path: Path) -> list[int]:
+    """Numeric subdirectories that hold a SavedModel graph, oldest first.
+
+    ``.staging-*`` folders are not numbers, and a numeric folder still being copied has
+    no graph file yet, so neither is a version.
+    """
+    try:
+        entries = list(os.scandir(base_path))
+    except OSError:
+        return []
+    found = (
+        int(e.name)
+        for e in entries
+        if _NUMBER.fullmatch(e.name) and e.is_dir() and has_saved_model(Path(e.path))
+    )
+    return sorted(v for v in found if v > 0)
+
+
+class ModelManager:
+    """Loads, serves and unloads model versions; thread-safe."""
+
+    def __init__(self, loader: Loader, unload_wait_seconds: float = 60.0) -> None:
+        self._loader = loader
+        self._unload_wait = unload_wait_seconds
+        self._lock = threading.Condition()
+        self._poll_lock = threading.Lock()
+        self._models: dict[str, ModelRecord] = {}
+        self._removed: list[str] = []
+        self.ready = False  # set after the first poll: every configured model was tried
+
+    def set_config(self, models: dict[str, ModelSettings]) -> None:
+        """Serve exactly ``models`` from the next poll on."""
+        with self._lock:
+            for name, settings in models.items():
+                record = self._models.get(name)
+                if record is None:
+                    self._models[name] = ModelRecord(settings)
+                else:
+                    record.settings = settings
+            self._removed = [name for name in self._models if name not in models]
+
+    def poll(self) -> None:
+        """Bring loaded versions in line with the disk and the config (blocking)."""
+        with self._poll_lock:
+            with self._lock:
+                removed, self._removed = self._removed, []
+                models = [(name, r.settings) for name, r in self._models.items()]
+            for name in removed:
+                self._retire_model(name)
+            for name, settings in models:
+                if name not in removed:
+                    self._poll_model(name, settings)
+            self.ready = True
+
+    def model_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._models)
+
+    @contextmanager
+    def acquire(self, spec: model_pb2.ModelSpec) -> Iterator[Servable]:
+        """Resolve ``spec`` to an available version and hold it while the block runs."""
+        with self._lock:
+            record = self._resolve(spec)
+            record.in_flight += 1
+            servable = record.servable
+        assert servable is not None
+        try:
+            yield servable
+        finally:
+            with self._lock:
+                record.in_flight -= 1
+                if record.in_flight == 0:
+                    self._lock.notify_all()
+
+    def status(self, name: str, version: int | None) -> list[VersionRecord]:
+        """Copies of the version records of ``name`` (one version, or all, newest last)."""
+        with self._lock:
+            model = self._models.get(name)
+            records = {} if model is None else model.versions
+            if version is not None:
+                if version not in records:
+                    raise not_found(f"Could not find version {version} of model {name}")
+                return [_copy(records[version])]
+            if not records:
+                raise not_found(f"Could not find any versions of model {name}")
+            return [_copy(records[v]) for v in sorted(records)]
+
+    def unload_all(self) -> None:
+        with self._poll_lock:
+            for name in self.model_names():
+                self._retire_model(name)
+
+    # -- resolution ---------------------------------------------------------------------
+
+    def _resolve(self, spec: model_pb2.ModelSpec) -> VersionRecord:
+        model = self._models.get(spec.name)
+        choice = spec.WhichOneof("version_choice")
+        version: int | None = None
+        if choice == "version":
+            version = spec.version.value
+        elif choice == "version_label" and spec.version_label:
+            if model is None or spec.version_label not in model.settings.labels:
+                raise invalid_argument(f"Unrecognized servable version label: {spec.version_label}")
+            version = model.settings.labels[spec.version_label]
+        request = f"Specific({spec.name}, {version})" if version else f"Latest({spec.name})"
+        if model is None:
+            if not self.ready:
+                raise unavailable(f"The server is starting; servable {request} is not loaded yet")
+            raise not_found(f"Servable not found for request: {request}")
+        available = {v: r for v, r in model.versions.items() if r.state == State.AVAILABLE}
+        if version:
+            if version in available:
+                return available[version]
+        elif available:
+            return available[max(available)]
+        if self._loading(model, version):
+            raise unavailable(f"Servable {request} is loading; no version is available yet")
+        raise not_found(f"Servable not found for request: {request}")
+
+    def _loading(self, model: ModelRecord, version: int | None) -> bool:
+        if not self.ready and not model.versions:
+            return True
+        pending = {State.START, State.LOADING}
+        return any(
+            r.state in pending and (version is None or v == version)
+            for v, r in model.versions.items()
+        )
+
+    # -- loading and unloading ----------------------------------------------------------
+
+    def _poll_model(self, name: str, settings: ModelSettings) -> None:
+        on_disk = versions_on_disk(settings.base_path)
+        aspired = settings.policy.aspired(on_disk)
+        for version in sorted(aspired):
+            path = settings.base_path / str(version)
+            if self._needs_load(name, version, _fingerprint(path)):
+                self._load(name, version, path)
+        with self._lock:
+            versions = self._models[name].versions
+            any_available = any(
+                versions[v].state == State.AVAILABLE for v in aspired if v in versions
+            )
+            # Keep the old version until a wanted one serves, unless none is wanted at all.
+            retire = [
+                r
+                for v, r in versions.items()
+                if v not in aspired
+                and r.state == State.AVAILABLE
+                and (any_available or not aspired)
+            ]
+        for record in retire:
+            self._unload(name, record)
+
+    def _needs_load(self, name: str, version: int, fingerprint: tuple[int, ...]) -> bool:
+        with self._lock:
+            record = self._models[name].versions.get(version)
+            if record is None:
+                return True
+            # An unloaded version may come back; a failed one only once its files changed.
+            return record.state == State.END and (
+                record.error is None or record.fingerprint != fingerprint
+            )
+
+    def _load(self, name: str, version: int, path: Path) -> None:
+        fingerprint = _fingerprint(path)
+        record = VersionRecord(version, State.LOADING, fingerprint=fingerprint)
+        with self._lock:
+            self._models[name].versions[version] = record
+        log.info("Loading servable version {name: %s version: %d} from %s", name, version, path)
+        try:
+            servable = self._loader(name, version, path)
+        except LoadError as exc:
+            cause = exc.__cause__
+            code = grpc.StatusCode.UNKNOWN
+            if isinstance(cause, ServingError):
+                code = cause.code
+            log.error(
+                "Loading servable version {name: %s version: %d} failed: %s", name, version, exc
+            )
+            with self._lock:
+                record.state, record.error = State.END, ServingError(code, str(exc))
+            return
+        with self._lock:
+            record.servable, record.state = servable, State.AVAILABLE
+        log.info("Successfully loaded servable version {name: %s version: %d}", name, version)
+
+    def _unload(self, name: str, record: VersionRecord) -> None:
+        with self._lock:
+            record.state = State.UNLOADING  # no new request can acquire it from here on
+            finished = self._lock.wait_for(lambda: record.in_flight == 0, self._unload_wait)
+            if not finished:
+                log.warning(
+                    "Unloading {name: %s version: %d} with %d requests still running",
+                    name,
+                    record.version,
+                    record.in_flight,
+                )
+            record.servable, record.state = None, State.END
+        log.info("Unloaded servable version {name: %s version: %d}", name, record.version)
+
+    def _retire_model(self, name: str) -> None:
+        with self._lock:
+            model = self._models.get(name)
+            live = (
+                []
+                if model is None
+                else [r for r in model.versions.values() if r.state == State.AVAILABLE]
+            )
+        for record in live:
+            self._unload(name, record)
+        with self._lock:
+            self._models.pop(name, None)
+
+
+def _fingerprint(path: Path) -> tuple[int, ...]:
+    """Changes whenever the version's graph or variables are rewritten."""
+    parts: list[int] = []
+    for name in ("", "saved_model.pb", "saved_model.pbtxt", "variables/variables.index"):
+        try:
+            info = os.stat(path / name)
+        except OSError:
+            parts += [0, 0]
+            continue
+        parts += [info.st_mtime_ns, info.st_size]
+    return tuple(parts)
+
+
+def _copy(record: VersionRecord) -> VersionRecord:
+    return VersionRecord(record.version, record.state, record.error, None, record.in_flight)

@@ -1,0 +1,238 @@
+"""One loaded model version: its signatures, request checks, execution and warmup.
+
+Requests are checked against the SavedModel's ``SignatureDef``s the way TensorFlow Serving
+checks them (``predict_util.cc``), with its messages, before anything runs; errors while
+running keep TensorFlow's status code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+from service.model_server.status import ServingError, invalid_argument
+from service.model_server.tensors import tensor_proto
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+SAVED_MODEL_PB = "saved_model.pb"
+SAVED_MODEL_PBTXT = "saved_model.pbtxt"
+WARMUP_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
+# TensorFlow Serving reads at most this many warmup records.
+MAX_WARMUP_RECORDS = 1000
+_SERVE_TAG = "serve"
+
+
+class LoadError(Exception):
+    """A version directory that could not be loaded or warmed up."""
+
+
+@dataclass(frozen=True)
+class PreparedPredict:
+    """A checked Predict request: what to run and which outputs to return."""
+
+    signature_name: str
+    inputs: dict[str, np.ndarray]
+    output_aliases: tuple[str, ...]
+
+
+def has_saved_model(path: Path) -> bool:
+    """Whether ``path`` holds a SavedModel's graph file (a version still being copied may not)."""
+    return (path / SAVED_MODEL_PB).is_file() or (path / SAVED_MODEL_PBTXT).is_file()
+
+
+def read_signature_defs(path: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
+    """The ``serve`` meta graph's signatures, as TensorFlow Serving reports them."""
+    saved_model = saved_model_pb2.SavedModel()
+    if (path / SAVED_MODEL_PB).is_file():
+        saved_model.ParseFromString((path / SAVED_MODEL_PB).read_bytes())
+    else:
+        from google.protobuf import text_format
+
+        text_format.Parse((path / SAVED_MODEL_PBTXT).read_text(encoding="utf-8"), saved_model)
+    for meta_graph in saved_model.meta_graphs:
+        if _SERVE_TAG in meta_graph.meta_info_def.tags:
+            return dict(meta_graph.signature_def)
+    raise LoadError(f"{path} has no meta graph tagged {_SERVE_TAG!r}")
+
+
+class Servable:
+    """A SavedModel version loaded into this process."""
+
+    def __init__(self, name: str, version: int, path: Path) -> None:
+        self.name = name
+        self.version = version
+        self.path = path
+        try:
+            self.signature_defs = read_signature_defs(path)
+            loaded = tf.saved_model.load(str(path), tags=[_SERVE_TAG])
+        except LoadError:
+            raise
+        except Exception as exc:  # TensorFlow raises many types for a bad SavedModel
+            raise LoadError(f"cannot load {path}: {_first_line(exc)}") from exc
+        self._loaded = loaded  # keeps the functions' variables alive
+        self._functions = dict(loaded.signatures)
+
+    def prepare(self, request: predict_pb2.PredictRequest) -> PreparedPredict:
+        """Check ``request`` against its signature and decode its inputs."""
+        name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        signature = self.signature_defs.get(name)
+        if signature is None or name not in self._functions:
+            raise ServingError(
+                grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.'
+            )
+        _check_input_names(signature, request)
+        inputs = {
+            alias: _decode_input(alias, position, signature.inputs[alias], request.inputs[alias])
+            for position, alias in enumerate(sorted(request.inputs))
+        }
+        return PreparedPredict(name, inputs, _output_aliases(signature, request.output_filter))
+
+    def batchable(self, signature_name: str) -> bool:
+        """Whether every input and output of the signature has a free leading batch dim."""
+        signature = self.signature_defs[signature_name]
+        infos = [*signature.inputs.values(), *signature.outputs.values()]
+        return all(_leading_batch_dim(info) for info in infos)
+
+    def run(self, signature_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one signature; TensorFlow errors become ``ServingError`` with the same code."""
+        function = self._functions[signature_name]
+        try:
+            outputs = function(**{alias: tf.constant(value) for alias, value in inputs.items()})
+        except tf.errors.OpError as exc:
+            raise ServingError(_grpc_code(exc.error_code), exc.message) from exc
+        return {alias: tensor.numpy() for alias, tensor in outputs.items()}
+
+    def respond(
+        self, prepared: PreparedPredict, outputs: dict[str, np.ndarray]
+    ) -> predict_pb2.PredictResponse:
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = self.name
+        response.model_spec.version.value = self.version
+        response.model_spec.signature_name = prepared.signature_name
+        for alias in prepared.output_aliases:
+            response.outputs[alias].CopyFrom(tensor_proto(outputs[alias]))
+        return response
+
+    def warm_up(self) -> int:
+        """Replay ``assets.extra/tf_serving_warmup_requests``; return how many ran."""
+        path = self.path / WARMUP_PATH
+        if not path.is_file():
+            return 0
+        count = 0
+        try:
+            for log_record in _warmup_records(path):
+                if log_record.WhichOneof("log_type") != "predict_log":
+                    raise LoadError(f"{path}: only Predict warmup requests are supported")
+                prepared = self.prepare(log_record.predict_log.request)
+                self.run(prepared.signature_name, prepared.inputs)
+                count += 1
+        except ServingError as exc:
+            raise LoadError(f"warmup request {count + 1} of {path} failed: {exc.message}") from exc
+        except tf.errors.OpError as exc:
+            raise LoadError(f"cannot read {path}: {_first_line(exc)}") from exc
+        return count
+
+
+def _warmup_records(path: Path) -> Iterator[prediction_log_pb2.PredictionLog]:
+    records = tf.data.TFRecordDataset(str(path)).take(MAX_WARMUP_RECORDS)
+    for serialized in records.as_numpy_iterator():
+        record = prediction_log_pb2.PredictionLog()
+        record.ParseFromString(serialized)
+        yield record
+
+
+def _check_input_names(
+    signature: meta_graph_pb2.SignatureDef, request: predict_pb2.PredictRequest
+) -> None:
+    sent, expected = set(request.inputs), set(signature.inputs)
+    if sent == expected:
+        return
+    if len(sent) != len(expected):
+        raise invalid_argument(
+            f"input size does not match signature: {len(sent)}!={len(expected)}"
+            f" len({{{_join(sent)}}}) != len({{{_join(expected)}}})."
+            f" Sent extra: {{{_join(sent - expected)}}}."
+            f" Missing but required: {{{_join(expected - sent)}}}."
+        )
+    alias = min(sent - expected)
+    raise invalid_argument(
+        f"input tensor alias not found in signature: {alias}."
+        f" Inputs expected to be in the set {{{_join(expected)}}}."
+    )
+
+
+def _decode_input(
+    alias: str, position: int, info: meta_graph_pb2.TensorInfo, proto: tensor_pb2.TensorProto
+) -> np.ndarray:
+    if proto.dtype != info.dtype:
+        expected, got = (tf.dtypes.as_dtype(d).name for d in (info.dtype, proto.dtype))
+        raise invalid_argument(f"Expects arg[{position}] to be {expected} but {got} is provided")
+    try:
+        array = tf.make_ndarray(proto)
+    except (TypeError, ValueError) as exc:
+        raise invalid_argument(f"tensor parsing error: {alias}") from exc
+    _check_shape(alias, array.shape, info)
+    return array
+
+
+def _check_shape(alias: str, shape: tuple[int, ...], info: meta_graph_pb2.TensorInfo) -> None:
+    if info.tensor_shape.unknown_rank:
+        return
+    expected = [dim.size for dim in info.tensor_shape.dim]
+    fits = len(shape) == len(expected) and all(
+        want < 0 or want == got for want, got in zip(expected, shape, strict=True)
+    )
+    if not fits:
+        raise invalid_argument(
+            f"input {alias} has shape {list(shape)}, but the signature expects {expected}"
+            " (-1: any size)"
+        )
+
+
+def _output_aliases(signature: meta_graph_pb2.SignatureDef, output_filter) -> tuple[str, ...]:
+    if not output_filter:
+        return tuple(sorted(signature.outputs))
+    seen: list[str] = []
+    for alias in output_filter:
+        if alias not in signature.outputs:
+            raise invalid_argument(
+                f"output tensor alias not found in signature: {alias}"
+                f" Outputs expected to be in the set {{{_join(signature.outputs)}}}."
+            )
+        if alias in seen:
+            raise invalid_argument(f"duplicate output tensor alias: {alias}")
+        seen.append(alias)
+    return tuple(seen)
+
+
+def _leading_batch_dim(info: meta_graph_pb2.TensorInfo) -> bool:
+    dims = info.tensor_shape.dim
+    return not info.tensor_shape.unknown_rank and len(dims) > 0 and dims[0].size == -1
+
+
+def _grpc_code(tf_code: int) -> grpc.StatusCode:
+    # TensorFlow's error codes are the canonical codes gRPC uses, number for number.
+    for code in grpc.StatusCode:
+        if code.value[0] == tf_code:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def _join(names) -> str:
+    return ",".join(sorted(names))
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

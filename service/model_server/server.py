@@ -1,0 +1,203 @@
+"""Run the model server: gRPC and REST on one event loop, a poller thread, a model thread pool.
+
+The ports open at once; until the first poll has tried every configured model, health says
+NOT_SERVING and requests get UNAVAILABLE. SIGTERM or SIGINT stops accepting calls, lets the
+ones in flight finish (up to ``shutdown_grace_seconds``), unloads the models and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import grpc
+import uvicorn
+
+from service.model_server.batching import BatchingOptions, BatchScheduler
+from service.model_server.config import (
+    ConfigError,
+    initial_config,
+    model_settings,
+    prometheus_path,
+    read_batching_parameters,
+    read_model_server_config,
+)
+from service.model_server.core import ModelServerCore
+from service.model_server.grpc_api import add_services, set_health
+from service.model_server.manager import ModelManager, load_servable
+from service.model_server.metrics import ServerMetrics
+from service.model_server.options import ServerOptions
+from service.model_server.rest import create_app
+
+log = logging.getLogger(__name__)
+
+
+class _RestServer(uvicorn.Server):
+    # The model server owns SIGTERM/SIGINT and stops uvicorn itself.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class _Poller(threading.Thread):
+    """Polls the file system for versions and, if asked, the config file for models."""
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        options: ServerOptions,
+        on_first_poll: Callable[[], None],
+    ) -> None:
+        super().__init__(name="ftserve-poller", daemon=True)
+        self._manager = manager
+        self._options = options
+        self._on_first_poll = on_first_poll
+        self._halt = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        self._poll()
+        self._on_first_poll()
+        fs_every = self._options.file_system_poll_wait_seconds
+        config_every = self._options.model_config_file_poll_wait_seconds
+        if self._options.model_config_file is None:
+            config_every = 0
+        intervals = [s for s in (fs_every, config_every) if s > 0]
+        if not intervals:
+            return
+        next_config = time.monotonic() + config_every
+        while not self._halt.wait(min(intervals)):
+            if config_every > 0 and time.monotonic() >= next_config:
+                next_config = time.monotonic() + config_every
+                self._reload_config_file()
+            self._poll()
+
+    def _poll(self) -> None:
+        try:
+            self._manager.poll()
+        except Exception:  # a poll must never kill the poller
+            log.exception("polling the model repository failed")
+
+    def _reload_config_file(self) -> None:
+        assert self._options.model_config_file is not None
+        try:
+            models = model_settings(read_model_server_config(self._options.model_config_file))
+        except ConfigError as exc:
+            log.error("keeping the current models: %s", exc)
+            return
+        self._manager.set_config(models)
+
+
+def _grpc_options(options: ServerOptions) -> list[tuple[str, int | str]]:
+    args: list[tuple[str, int | str]] = [
+        ("grpc.max_receive_message_length", options.grpc_max_message_bytes),
+        ("grpc.max_send_message_length", options.grpc_max_message_bytes),
+    ]
+    # --grpc_channel_arguments=key=value,key=value as TensorFlow Serving takes it.
+    for pair in filter(None, options.grpc_channel_arguments.split(",")):
+        key, _, value = pair.partition("=")
+        args.append((key.strip(), int(value) if value.strip().lstrip("-").isdigit() else value))
+    return args
+
+
+async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> None:
+    """Serve until ``stop`` is set or the process gets SIGTERM/SIGINT.
+
+    Raises:
+        ConfigError: a configuration file is missing or invalid.
+    """
+    models = model_settings(initial_config(options))
+    batching = None
+    if options.enable_batching:
+        params = read_batching_parameters(options.batching_parameters_file)
+        batching = BatchingOptions.from_proto(params)
+    monitoring_path = prometheus_path(options.monitoring_config_file)
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    executor = ThreadPoolExecutor(
+        max_workers=max(4, os.cpu_count() or 1), thread_name_prefix="model"
+    )
+    metrics = ServerMetrics()
+    manager = ModelManager(partial(load_servable, warmup=options.enable_model_warmup))
+    manager.set_config(models)
+    core = ModelServerCore(manager, executor, metrics)
+    batcher = None
+    if batching is not None:
+        batcher = BatchScheduler(batching, executor, on_batch=core.record_batch)
+        core.batcher = batcher
+
+    grpc_server = grpc.aio.server(options=_grpc_options(options))
+    health = add_services(grpc_server, core, options.enable_grpc_healthcheck_service)
+    await set_health(health, serving=False)
+    grpc_server.add_insecure_port(f"{options.host}:{options.port}")
+    await grpc_server.start()
+    log.info("Running gRPC ModelServer at %s:%d ...", options.host, options.port)
+
+    rest = None
+    rest_task = None
+    if options.rest_api_port:
+        app = create_app(core, monitoring_path)
+        config = uvicorn.Config(
+            app,
+            host=options.host,
+            port=options.rest_api_port,
+            lifespan="off",
+            log_level="warning",
+            timeout_graceful_shutdown=int(options.shutdown_grace_seconds),
+        )
+        rest = _RestServer(config)
+        rest_task = asyncio.create_task(rest.serve())
+        log.info("Exporting HTTP/REST API at:%s:%d ...", options.host, options.rest_api_port)
+
+    def first_poll_done() -> None:
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(set_health(health, True)))
+
+    poller = _Poller(manager, options, first_poll_done)
+    poller.start()
+    try:
+        await stop.wait()
+    finally:
+        log.info("Shutting down: finishing requests in flight")
+        await set_health(health, serving=False)
+        if rest is not None:
+            rest.should_exit = True
+        await grpc_server.stop(options.shutdown_grace_seconds)
+        if rest_task is not None:
+            await rest_task
+        if batcher is not None:
+            await batcher.close()
+        poller.stop()
+        await loop.run_in_executor(None, poller.join)
+        await loop.run_in_executor(None, manager.unload_all)
+        executor.shutdown(wait=True)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def run(options: ServerOptions) -> int:
+    """The ``ftserve model-server`` command: serve until signalled; 0 on a clean stop."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(serve(options))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    except (OSError, RuntimeError) as exc:  # grpc raises RuntimeError when a port is taken
+        log.error("cannot start the model server: %s", exc)
+        return 1
+    return 0
