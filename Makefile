@@ -19,7 +19,12 @@ run: $(STAMP)
 	# No pretrained weights on a fresh machine: train small_cnn end to end (phase 2 from layer 0).
 	$(BIN)/ftserve train --data var/sample --model-name shapes --base-model small_cnn \
 		--weights none --epochs 3 --fine-tune-at 0 --fine-tune-epochs 20 \
-		--fine-tune-learning-rate 1e-3 --batch-size 16 --output var/runs/shapes-$$(date +%s)
+		--fine-tune-learning-rate 1e-3 --batch-size 16 --output var/runs/shapes-$$(date +%s) \
+		--model-repo var/models
+	# Serve the repository like TensorFlow Serving would (Ctrl-C stops it).
+	$(BIN)/ftserve model-server --port=8500 --rest_api_port=8501 \
+		--model_config_file=$(CURDIR)/var/models/models.config \
+		--model_config_file_poll_wait_seconds=5 --enable_grpc_healthcheck_service=true
 
 test: lint
 	$(BIN)/python -m pytest
