@@ -34,6 +34,31 @@ class Settings(BaseSettings):
     # Decoded images (and base features) are cached in memory up to this size, else on disk.
     cache_memory_bytes: int = Field(default=2 * GiB, ge=0)
 
+    # Job store: SQLite (WAL) under the data folder unless a SQLAlchemy URL says otherwise,
+    # e.g. postgresql+psycopg://user@host:5432/ftserve.
+    database_url: str | None = None
+    max_queue_depth: int = Field(default=100, gt=0)  # queued jobs before POST /finetune → 429
+    max_attempts: int = Field(default=3, gt=0)  # a job whose workers keep dying fails after this
+    lease_seconds: float = Field(default=30.0, gt=0)  # a worker renews its claim this often / 3
+
+    # API
+    api_token: str | None = None  # when set, every route but health and metrics needs it
+    max_upload_bytes: int = Field(default=2 * GiB, gt=0)
+    # The model server's gRPC address (host:port); `ftserve serve` starts one when unset.
+    model_server: str | None = None
+    predict_timeout_seconds: float = Field(default=10.0, gt=0)
+    predict_max_instances: int = Field(default=64, gt=0)
+    predict_max_bytes: int = Field(default=32 * 1024**2, gt=0)  # encoded images per request
+
+    def sqlalchemy_url(self) -> str:
+        """The job store's URL: ``database_url``, else SQLite in ``<data_root>/ftserve.db``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_root / 'ftserve.db').absolute()}"
+
+    def model_server_address(self) -> str:
+        return self.model_server or "127.0.0.1:8500"
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -4,16 +4,32 @@
     ├── BadRequestError (400 bad_request)
     │   ├── InvalidArchiveError (400 invalid_archive)
     │   ├── UnsafeArchiveMemberError (400 unsafe_archive_member)
-    │   └── InvalidModelNameError (400 invalid_model_name)
+    │   ├── InvalidModelNameError (400 invalid_model_name)
+    │   ├── InvalidBase64Error (400 invalid_base64)
+    │   ├── NotAnImageError (400 not_an_image)
+    │   └── InvalidDataUriError (400 invalid_data_uri)
+    ├── UnauthorizedError (401 unauthorized)
+    ├── NotFoundError (404 not_found)
+    │   ├── JobNotFoundError (404 job_not_found)
+    │   └── ModelNotFoundError (404 model_not_found)
+    ├── ConflictError (409 conflict)
+    │   ├── IdempotencyInFlightError (409 idempotency_in_flight)
+    │   └── JobFinishedError (409 job_finished)
     ├── PayloadTooLargeError (413 too_large)
     │   ├── ArchiveLimitError (413 archive_limit)
-    │   └── ImageTooLargeError (413 image_too_large)
+    │   ├── ImageTooLargeError (413 image_too_large)
+    │   ├── UploadTooLargeError (413 upload_too_large)
+    │   └── TooManyInstancesError (413 too_many_instances)
     ├── UnprocessableError (422 unprocessable)
     │   ├── InvalidConfigError (422 invalid_config)
     │   ├── DatasetError (422 dataset_unusable)
-    │   └── WeightsUnavailableError (422 weights_unavailable)
+    │   ├── WeightsUnavailableError (422 weights_unavailable)
+    │   └── IdempotencyKeyReusedError (422 idempotency_key_reused)
+    ├── QueueFullError (429 queue_full)
     ├── TrainingCancelledError (409 cancelled)
-    └── ExportError (500 export_failed)
+    ├── ExportError (500 export_failed)
+    ├── ModelServerUnavailableError (503 model_server_unavailable)
+    └── ModelServerTimeoutError (504 model_server_timeout)
 
 Code that raises picks the most specific class; the HTTP layer renders any of them as
 ``{"error": {"code": ..., "message": ...}}`` with ``status``.
@@ -92,3 +108,85 @@ class ExportError(FtserveError):
     """An exported model does not answer like the trained one (or cannot be written)."""
 
     code = "export_failed"
+
+
+class InvalidBase64Error(BadRequestError):
+    code = "invalid_base64"
+
+
+class NotAnImageError(BadRequestError):
+    code = "not_an_image"
+
+
+class InvalidDataUriError(BadRequestError):
+    """A ``data_uri`` that is not a folder inside the data root."""
+
+    code = "invalid_data_uri"
+
+
+class UnauthorizedError(FtserveError):
+    status = HTTPStatus.UNAUTHORIZED
+    code = "unauthorized"
+
+
+class NotFoundError(FtserveError):
+    status = HTTPStatus.NOT_FOUND
+    code = "not_found"
+
+
+class JobNotFoundError(NotFoundError):
+    code = "job_not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    """An unknown model, or a version of it that does not exist or is not served."""
+
+    code = "model_not_found"
+
+
+class ConflictError(FtserveError):
+    status = HTTPStatus.CONFLICT
+    code = "conflict"
+
+
+class IdempotencyInFlightError(ConflictError):
+    """The first request with this Idempotency-Key is still being accepted."""
+
+    code = "idempotency_in_flight"
+
+
+class JobFinishedError(ConflictError):
+    """The job already reached a final state (it cannot be cancelled any more)."""
+
+    code = "job_finished"
+
+
+class UploadTooLargeError(PayloadTooLargeError):
+    code = "upload_too_large"
+
+
+class TooManyInstancesError(PayloadTooLargeError):
+    code = "too_many_instances"
+
+
+class IdempotencyKeyReusedError(UnprocessableError):
+    """The Idempotency-Key was used before with a different request body."""
+
+    code = "idempotency_key_reused"
+
+
+class QueueFullError(FtserveError):
+    status = HTTPStatus.TOO_MANY_REQUESTS
+    code = "queue_full"
+
+
+class ModelServerUnavailableError(FtserveError):
+    """The model server is down, or the model is still loading; retry after a while."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "model_server_unavailable"
+
+
+class ModelServerTimeoutError(FtserveError):
+    status = HTTPStatus.GATEWAY_TIMEOUT
+    code = "model_server_timeout"
