@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from exporter.card import CARD_FILE
@@ -39,12 +40,17 @@ class PublishedVersion:
 
 
 def publish_result(
-    result: TrainingResult, repository: ModelRepository, model_name: str | None = None
+    result: TrainingResult,
+    repository: ModelRepository,
+    model_name: str | None = None,
+    job_id: str | None = None,
 ) -> PublishedVersion:
     """Export ``result`` into a staging folder, check it answers like the trained model,
     then publish it as the model's next version.
 
-    Nothing numeric appears in the repository unless every check passed.
+    Nothing numeric appears in the repository unless every check passed. ``job_id`` is
+    written into the model card before the rename, so a job that is retried after a crash
+    can tell whether its version already exists (``find_job_version``).
     """
     name = model_name or result.config.model_name
     samples = validation_image_bytes(result, WARMUP_IMAGES)
@@ -55,7 +61,8 @@ def publish_result(
 
     with repository.staging(name) as staging:
         report: ExportReport = export_model(result, name, staging)
-        version = repository.publish(name, staging, verify=verify, stamp=_stamp_version)
+        stamp = partial(_stamp_card, job_id=job_id)
+        version = repository.publish(name, staging, verify=verify, stamp=stamp)
     path = repository.version_path(name, version)
     return PublishedVersion(
         name,
@@ -67,9 +74,23 @@ def publish_result(
     )
 
 
-def _stamp_version(staging: Path, version: int) -> None:
+def find_job_version(repository: ModelRepository, model_name: str, job_id: str) -> int | None:
+    """The version of ``model_name`` that job ``job_id`` published, if any."""
+    for version in repository.versions(model_name):
+        card_path = repository.version_path(model_name, version) / ASSETS_EXTRA / CARD_FILE
+        try:
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if card.get("job_id") == job_id:
+            return version
+    return None
+
+
+def _stamp_card(staging: Path, version: int, job_id: str | None) -> None:
     # The number is only known under the repository lock, just before the rename.
     card_path = staging / ASSETS_EXTRA / CARD_FILE
     card = json.loads(card_path.read_text(encoding="utf-8"))
     card["version"] = version
+    card["job_id"] = job_id
     card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")

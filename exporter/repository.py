@@ -14,6 +14,7 @@ import re
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,20 +138,26 @@ class ModelRepository:
         self.write_models_config()
         return version
 
-    def clean_stale_staging(self) -> list[Path]:
+    def clean_stale_staging(self, min_age_seconds: float = 0.0) -> list[Path]:
         """Remove staging directories and config temp files a crash left; return them.
 
-        Call at start-up only: a publish running in another process would lose its staging.
+        Only those untouched for ``min_age_seconds`` go: a worker starting next to others
+        passes an age no publish takes, so it never removes a publish still in progress.
         """
         if not self.root.is_dir():
             return []
-        removed = [p for p in self.root.glob(f"*/{STAGING_PREFIX}*") if _is_real_dir(p)]
+        cutoff = time.time() - min_age_seconds
+        removed = [
+            p
+            for p in self.root.glob(f"*/{STAGING_PREFIX}*")
+            if _is_real_dir(p) and _mtime(p) <= cutoff
+        ]
         for path in removed:
-            shutil.rmtree(path)
+            shutil.rmtree(path, ignore_errors=True)
         with self._config_lock():
-            leftovers = list(self.root.glob(f"{_CONFIG_TMP_PREFIX}*"))
+            leftovers = [p for p in self.root.glob(f"{_CONFIG_TMP_PREFIX}*") if _mtime(p) <= cutoff]
             for path in leftovers:
-                path.unlink()
+                path.unlink(missing_ok=True)
         return sorted(removed + leftovers)
 
     def write_models_config(self) -> None:
@@ -198,6 +205,17 @@ class ModelRepository:
                 yield
             finally:
                 os.close(fd)  # closing the descriptor releases the flock
+
+
+def _mtime(path: Path) -> float:
+    """The newest modification time of ``path`` or anything directly inside it."""
+    try:
+        times = [path.stat().st_mtime]
+        if path.is_dir():
+            times += [entry.stat().st_mtime for entry in os.scandir(path)]
+        return max(times)
+    except FileNotFoundError:
+        return float("inf")  # gone already: nothing to clean
 
 
 def _valid(name: str) -> bool:

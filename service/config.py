@@ -56,6 +56,10 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{(self.data_root / 'ftserve.db').absolute()}"
 
+    def uploads_dir(self) -> Path:
+        """Where the API keeps uploaded datasets, one file per job, until the job ends."""
+        return self.data_root / "uploads"
+
     def model_server_address(self) -> str:
         return self.model_server or "127.0.0.1:8500"
 

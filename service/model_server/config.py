@@ -35,7 +35,7 @@ class VersionPolicy:
             return set(on_disk)
         if self.kind == "specific":
             return set(self.versions) & set(on_disk)
-        return set(on_disk[-self.num_versions :])
+        return set(on_disk[-max(1, self.num_versions) :])
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ class VersionRecord:
     error: ServingError | None = None
     servable: Servable | None = None
     in_flight: int = 0
-    fingerprint: tuple[int, ...] = ()
+    fingerprint: tuple[object, ...] = ()
 
 
 @dataclass
@@ -220,7 +220,7 @@ class ModelManager:
         for record in retire:
             self._unload(name, record)
 
-    def _needs_load(self, name: str, version: int, fingerprint: tuple[int, ...]) -> bool:
+    def _needs_load(self, name: str, version: int, fingerprint: tuple[object, ...]) -> bool:
         with self._lock:
             record = self._models[name].versions.get(version)
             if record is None:
@@ -238,16 +238,16 @@ class ModelManager:
         log.info("Loading servable version {name: %s version: %d} from %s", name, version, path)
         try:
             servable = self._loader(name, version, path)
-        except LoadError as exc:
-            cause = exc.__cause__
-            code = grpc.StatusCode.UNKNOWN
-            if isinstance(cause, ServingError):
-                code = cause.code
+        except Exception as exc:  # whatever went wrong, the version must end, not hang
+            error = _load_error(exc)
             log.error(
-                "Loading servable version {name: %s version: %d} failed: %s", name, version, exc
+                "Loading servable version {name: %s version: %d} failed: %s",
+                name,
+                version,
+                error.message,
             )
             with self._lock:
-                record.state, record.error = State.END, ServingError(code, str(exc))
+                record.state, record.error = State.END, error
             return
         with self._lock:
             record.servable, record.state = servable, State.AVAILABLE
@@ -281,17 +281,33 @@ class ModelManager:
             self._models.pop(name, None)
 
 
-def _fingerprint(path: Path) -> tuple[int, ...]:
-    """Changes whenever the version's graph or variables are rewritten."""
-    parts: list[int] = []
-    for name in ("", "saved_model.pb", "saved_model.pbtxt", "variables/variables.index"):
-        try:
-            info = os.stat(path / name)
-        except OSError:
-            parts += [0, 0]
-            continue
-        parts += [info.st_mtime_ns, info.st_size]
-    return tuple(parts)
+def _fingerprint(path: Path) -> tuple[object, ...]:
+    """Changes whenever any file of the version is written, replaced or copied over.
+
+    ctime and inode are in: copy tools preserve sizes and mtimes, but cannot set those.
+    """
+    entries: list[tuple[object, ...]] = []
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            file = os.path.join(dirpath, name)
+            try:
+                info = os.stat(file)
+            except OSError:
+                continue
+            relative = os.path.relpath(file, path)
+            entries.append(
+                (relative, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+            )
+    return tuple(sorted(entries))
+
+
+def _load_error(exc: Exception) -> ServingError:
+    cause = exc.__cause__
+    if isinstance(exc, LoadError) and isinstance(cause, ServingError):
+        return ServingError(cause.code, str(exc))
+    if isinstance(exc, LoadError):
+        return ServingError(grpc.StatusCode.UNKNOWN, str(exc))
+    return ServingError(grpc.StatusCode.UNKNOWN, f"loading failed: {type(exc).__name__}: {exc}")
 
 
 def _copy(record: VersionRecord) -> VersionRecord:

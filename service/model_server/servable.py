@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
@@ -139,7 +140,7 @@ class Servable:
                 count += 1
         except ServingError as exc:
             raise LoadError(f"warmup request {count + 1} of {path} failed: {exc.message}") from exc
-        except tf.errors.OpError as exc:
+        except (tf.errors.OpError, DecodeError) as exc:
             raise LoadError(f"cannot read {path}: {_first_line(exc)}") from exc
         return count
 

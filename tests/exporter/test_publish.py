@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from exporter.publish import publish_result
+from exporter.publish import find_job_version, publish_result
 from exporter.repository import ModelRepository
 from service.errors import ExportError
 
@@ -53,3 +53,16 @@ def test_a_model_that_fails_verification_publishes_nothing(result, tmp_path, mon
     assert list((tmp_path / "repo" / "shapes").iterdir()) == []
     for now, before in zip(result.classifier.model.get_weights(), original, strict=True):
         np.testing.assert_array_equal(now, before)
+
+
+def test_the_job_id_in_the_card_finds_the_version_a_job_published(result, tmp_path):
+    repository = ModelRepository(tmp_path / "repo")
+    first = publish_result(result, repository, job_id="job-a")
+    second = publish_result(result, repository, job_id="job-b")
+
+    assert (first.version, second.version) == (1, 2)
+    assert find_job_version(repository, "shapes", "job-b") == 2
+    assert find_job_version(repository, "shapes", "job-a") == 1
+    assert find_job_version(repository, "shapes", "job-c") is None
+    card = json.loads((second.path / "assets.extra" / "model_card.json").read_text())
+    assert card["job_id"] == "job-b"

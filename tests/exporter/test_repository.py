@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -397,3 +398,18 @@ def test_models_config_rewrite_replaces_the_file_and_leaves_no_temp_files(repo: 
 def test_num_versions_must_be_positive(tmp_path: Path):
     with pytest.raises(ValueError, match=r"^num_versions must be at least 1, got 0$"):
         ModelRepository(tmp_path, num_versions=0)
+
+
+def test_clean_stale_staging_spares_a_publish_younger_than_the_age(tmp_path: Path):
+    repo = ModelRepository(tmp_path / "repo")
+    old = repo.root / "flowers" / ".staging-00000000"
+    fresh = repo.root / "flowers" / ".staging-11111111"
+    for path in (old, fresh):
+        path.mkdir(parents=True)
+        write_fake_model(path, path.name)
+    an_hour_ago = time.time() - 3600
+    for path in (old, *old.iterdir()):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+
+    assert repo.clean_stale_staging(min_age_seconds=600) == [old]
+    assert entries(repo.root / "flowers") == [fresh.name]
