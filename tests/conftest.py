@@ -8,10 +8,16 @@ from pathlib import Path
 # Quiet TensorFlow's C++ start-up logging before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from dataclasses import dataclass
+
 import pytest
 
+from exporter.publish import publish_result
+from exporter.repository import ModelRepository
 from service.config import Settings
+from service.training.options import TrainConfig
 from service.training.sample_data import make_shapes_dataset
+from service.training.trainer import train
 
 
 @pytest.fixture(autouse=True)
@@ -36,3 +42,34 @@ def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 classes x 16 images of 32x32 drawn shapes (PNG and JPEG)."""
     root = tmp_path_factory.mktemp("shapes") / "shapes"
     return make_shapes_dataset(root, images_per_class=16, image_size=32, seed=3)
+
+
+@dataclass(frozen=True)
+class Template:
+    """One exported version to copy into repositories, and images of each class."""
+
+    version_dir: Path
+    images: list[tuple[str, bytes]]  # (class, encoded image), every class present
+
+    def image(self, index: int = 0) -> bytes:
+        return self.images[index % len(self.images)][1]
+
+
+@pytest.fixture(scope="session")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
+    root = tmp_path_factory.mktemp("model-server-template")
+    data = make_shapes_dataset(root / "shapes", images_per_class=8, image_size=32, seed=5)
+    settings = Settings(
+        data_root=root / "data",
+        work_dir=root / "jobs",
+        model_repo=root / "models",
+        weights_dir=root / "weights",
+        weights_download=False,
+    )
+    config = TrainConfig(
+        model_name="shapes", base_model="small_cnn", weights="none", epochs=2, batch_size=8
+    )
+    result = train(data, config, settings.work_dir / "job", settings)
+    published = publish_result(result, ModelRepository(root / "template-repo"))
+    images = [(path.parent.name, path.read_bytes()) for path in sorted(data.glob("*/*"))[::3]]
+    return Template(published.path, images)

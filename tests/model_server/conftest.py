@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -30,12 +29,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from exporter.publish import publish_result
 from exporter.repository import ModelRepository
-from service.config import Settings
-from service.training.options import TrainConfig
-from service.training.sample_data import make_shapes_dataset
-from service.training.trainer import train
+from tests.conftest import Template as Template  # re-exported for the server tests
 
 MODEL = "shapes"
 IMAGE_SIZE = 32
@@ -47,37 +42,6 @@ NO_TF_SERVING = (
 )
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
-
-
-@dataclass(frozen=True)
-class Template:
-    """One exported version to copy into repositories, and images of each class."""
-
-    version_dir: Path
-    images: list[tuple[str, bytes]]  # (class, encoded image), every class present
-
-    def image(self, index: int = 0) -> bytes:
-        return self.images[index % len(self.images)][1]
-
-
-@pytest.fixture(scope="session")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
-    root = tmp_path_factory.mktemp("model-server-template")
-    data = make_shapes_dataset(root / "shapes", images_per_class=8, image_size=IMAGE_SIZE, seed=5)
-    settings = Settings(
-        data_root=root / "data",
-        work_dir=root / "jobs",
-        model_repo=root / "models",
-        weights_dir=root / "weights",
-        weights_download=False,
-    )
-    config = TrainConfig(
-        model_name=MODEL, base_model="small_cnn", weights="none", epochs=2, batch_size=8
-    )
-    result = train(data, config, settings.work_dir / "job", settings)
-    published = publish_result(result, ModelRepository(root / "template-repo"))
-    images = [(path.parent.name, path.read_bytes()) for path in sorted(data.glob("*/*"))[::3]]
-    return Template(published.path, images)
 
 
 def add_version(repo_root: Path, source: Path, model: str = MODEL) -> int:
