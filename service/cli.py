@@ -36,6 +36,23 @@ def _parser() -> argparse.ArgumentParser:
             help="serve a model repository over gRPC and REST like TensorFlow Serving",
         )
     )
+    serve = commands.add_parser(
+        "serve", help="run the model server, a worker and the API on this machine"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address the API listens on")
+    serve.add_argument("--port", type=int, default=8000, help="API port")
+    serve.add_argument("--grpc-port", type=int, default=8500, help="model server gRPC port")
+    serve.add_argument("--rest-port", type=int, default=8501, help="model server REST port")
+    serve.set_defaults(handler=_serve)
+    api = commands.add_parser("api", help="run the HTTP API (FastAPI on uvicorn)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.set_defaults(handler=_api)
+    worker = commands.add_parser("worker", help="claim queued jobs and train them")
+    worker.add_argument("--worker-id", help="this worker's name in the job store")
+    worker.add_argument("--once", action="store_true", help="run one job (or none), then exit")
+    worker.add_argument("--poll-seconds", type=float, default=1.0)
+    worker.set_defaults(handler=_worker)
     sample = commands.add_parser("sample-data", help="write a small synthetic shapes dataset")
     sample.add_argument("output", type=Path)
     sample.add_argument("--images-per-class", type=int, default=30)
@@ -84,6 +101,26 @@ def _model_server(args: argparse.Namespace) -> int:
     from service.model_server.server import run
 
     return run(options)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from service.config import get_settings
+    from service.serve import Ports, serve
+
+    return serve(get_settings(), args.host, Ports(args.port, args.grpc_port, args.rest_port))
+
+
+def _api(args: argparse.Namespace) -> int:
+    from service.api.server import run
+    from service.config import get_settings
+
+    return run(get_settings(), args.host, args.port)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from service.jobs.worker import run_worker
+
+    return run_worker(args.worker_id, args.once, args.poll_seconds)
 
 
 def _layer_ref(value: str) -> int | str:

@@ -20,6 +20,7 @@
     │   ├── ImageTooLargeError (413 image_too_large)
     │   ├── UploadTooLargeError (413 upload_too_large)
     │   └── TooManyInstancesError (413 too_many_instances)
+    ├── UnsupportedMediaTypeError (415 unsupported_media_type)
     ├── UnprocessableError (422 unprocessable)
     │   ├── InvalidConfigError (422 invalid_config)
     │   ├── DatasetError (422 dataset_unusable)
@@ -190,3 +191,10 @@ class ModelServerUnavailableError(FtserveError):
 class ModelServerTimeoutError(FtserveError):
     status = HTTPStatus.GATEWAY_TIMEOUT
     code = "model_server_timeout"
+
+
+class UnsupportedMediaTypeError(FtserveError):
+    """A request body in a content type the route does not read."""
+
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    code = "unsupported_media_type"

@@ -1,0 +1,122 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+The lifespan opens the two long-lived clients every request shares, the job store and the
+model server's gRPC channel, and closes them on shutdown. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic.json_schema import models_json_schema
+from starlette.concurrency import run_in_threadpool
+
+from service import __version__
+from service.api.deps import require_token
+from service.api.handlers import install_error_handlers
+from service.api.metrics import ApiMetrics, MetricsMiddleware
+from service.api.routes import finetune, health, models, predict
+from service.api.schemas import ErrorResponse, FinetuneFromFolder, PredictRequest
+from service.api.uploads import remove_stale_partials
+from service.config import Settings, get_settings
+from service.jobs.store import JobStore
+from service.serving.client import PredictClient
+from service.training.options import TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Bodies the routes read themselves (streamed), described through openapi_extra, and the
+# error body (which FastAPI's automatic 422s do not use).
+_EXTRA_SCHEMAS = (TrainConfig, FinetuneFromFolder, PredictRequest, ErrorResponse)
+_STALE_UPLOAD_SECONDS = 24 * 3600.0
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API, configured by ``settings`` (default: the environment's ``FTSERVE_*``)."""
+    settings = settings or get_settings()
+    metrics = ApiMetrics()
+    app = FastAPI(
+        title="ftserve",
+        version=__version__,
+        summary="Fine-tune a pretrained Keras model on your images; serve it over gRPC.",
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.include_router(health.router)
+    for router in (finetune.router, predict.router, models.router):
+        app.include_router(router, dependencies=[Depends(require_token)])
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    async with AsyncExitStack() as stack:
+        uploads = settings.uploads_dir()
+        uploads.mkdir(parents=True, exist_ok=True)
+        removed = remove_stale_partials(uploads, _STALE_UPLOAD_SECONDS)
+        if removed:
+            log.info("removed %d partial uploads left by a crash", removed)
+        store = JobStore.from_settings(settings)
+        stack.callback(store.close)
+        await run_in_threadpool(store.create_schema)
+        client = PredictClient(settings.model_server_address(), settings.predict_timeout_seconds)
+        stack.push_async_callback(client.close)
+        app.state.job_store = store
+        app.state.predict_client = client
+        yield
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, plus the streamed bodies' schemas and our 422 body."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    document = get_openapi(
+        title=app.title, version=app.version, summary=app.summary, routes=app.routes
+    )
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    _, definitions = models_json_schema(
+        [(model, "validation") for model in _EXTRA_SCHEMAS],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas.update(definitions.get("$defs", {}))
+    _replace_validation_errors(document)
+    if not app.state.settings.api_token:
+        _drop_security(document)
+    app.openapi_schema = document
+    return document
+
+
+def _replace_validation_errors(document: dict[str, Any]) -> None:
+    """Describe FastAPI's automatic 422s with the error body the handler really sends."""
+    error_ref = {"$ref": f"#/components/schemas/{ErrorResponse.__name__}"}
+    for path in document.get("paths", {}).values():
+        for operation in path.values():
+            response = operation.get("responses", {}).get("422")
+            if response is None:
+                continue
+            content = response.get("content", {}).get("application/json", {})
+            if content.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                content["schema"] = error_ref
+                response["description"] = "Unprocessable Entity: `unprocessable`"
+    schemas = document.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+
+
+def _drop_security(document: dict[str, Any]) -> None:
+    """Without an API token nothing needs one: say so, rather than document a bearer scheme."""
+    for path in document.get("paths", {}).values():
+        for operation in path.values():
+            operation.pop("security", None)
+            operation.get("responses", {}).pop("401", None)
+    document.get("components", {}).pop("securitySchemes", None)

@@ -1,0 +1,1 @@
+"""One router per resource: fine-tuning jobs, predictions, models, health and metrics."""

@@ -1,0 +1,118 @@
+"""Predictions: images in, ranked labels out, through the model server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from service.api.deps import PredictClientDep, SettingsDep
+from service.api.models_repo import ModelRepositoryView
+from service.api.prediction import FILES_FIELD, predict, read_predict_request
+from service.api.schemas import MAX_TOP_K, PredictResponse, error_responses
+from service.config import Settings
+from service.errors import (
+    BadRequestError,
+    InvalidBase64Error,
+    InvalidModelNameError,
+    ModelNotFoundError,
+    ModelServerTimeoutError,
+    ModelServerUnavailableError,
+    NotAnImageError,
+    PayloadTooLargeError,
+    TooManyInstancesError,
+    UnauthorizedError,
+    UnprocessableError,
+    UnsupportedMediaTypeError,
+)
+from service.training.options import MODEL_NAME_PATTERN
+
+router = APIRouter(tags=["predict"])
+
+# PredictOptions as form fields (strings on the wire, read with the same model).
+_OPTION_PROPERTIES: dict[str, Any] = {
+    "model": {"type": "string", "maxLength": 63, "pattern": MODEL_NAME_PATTERN},
+    "version": {"type": "integer", "minimum": 1},
+    "label": {"type": "string", "minLength": 1, "maxLength": 255},
+    "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K},
+}
+_PREDICT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
+            "multipart/form-data": {
+                "schema": {
+                    # VERSION_OR_LABEL is left out here: schemathesis 4.32 cannot generate
+                    # a "not" next to binary parts. The JSON body's schema carries it.
+                    "type": "object",
+                    "required": ["model", FILES_FIELD],
+                    "properties": {
+                        **_OPTION_PROPERTIES,
+                        FILES_FIELD: {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "JPEG, PNG, GIF or BMP images, one part each.",
+                        },
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    summary="Classify images",
+    responses=error_responses(
+        BadRequestError,
+        InvalidBase64Error,
+        NotAnImageError,
+        InvalidModelNameError,
+        UnauthorizedError,
+        ModelNotFoundError,
+        TooManyInstancesError,
+        PayloadTooLargeError,
+        UnsupportedMediaTypeError,
+        UnprocessableError,
+        ModelServerUnavailableError,
+        ModelServerTimeoutError,
+    ),
+    openapi_extra=_PREDICT_BODY,
+)
+async def predict_images(
+    request: Request, settings: SettingsDep, client: PredictClientDep
+) -> PredictResponse:
+    """JSON ``{"model", "instances": [{"b64": ...}]}`` (TF Serving's REST form) or multipart."""
+    options, images = await read_predict_request(request, settings)
+    try:
+        return await predict(client, options, images)
+    except ModelNotFoundError as exc:
+        if options.label is not None:  # an unknown label is the user's mistake: keep the 404
+            raise
+        not_loaded = _not_loaded_yet(settings, options.model, options.version)
+        if not_loaded is None:
+            raise
+        raise not_loaded from exc
+
+
+def _not_loaded_yet(
+    settings: Settings, model: str, version: int | None
+) -> ModelServerUnavailableError | None:
+    """A published version the model server has not picked up yet is a 503, not a 404.
+
+    Publishing and serving are decoupled: the model server polls the repository, so a job
+    can succeed a few seconds before its version serves. Retrying then is the right advice.
+    """
+    try:
+        published = ModelRepositoryView(settings.model_repo).versions(model)
+    except ModelNotFoundError:
+        return None
+    if version is None or version in published:
+        wanted = f"version {version}" if version is not None else "its latest version"
+        return ModelServerUnavailableError(
+            f"Model {model!r} is published but the model server has not loaded {wanted} yet"
+        )
+    return None

@@ -1,0 +1,257 @@
+"""What the API reads and answers, as pydantic models (they also make the OpenAPI document)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from http import HTTPStatus
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.errors import (
+    FtserveError,
+    ModelServerUnavailableError,
+    QueueFullError,
+    UnauthorizedError,
+)
+from service.jobs.records import Job, JobState
+from service.training.options import MODEL_NAME_PATTERN, TrainConfig
+
+MAX_TOP_K = 1000
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable, machine-readable error code, e.g. `job_not_found`.")
+    message: str = Field(description="What went wrong, for a human.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API answers: ``{"error": {"code": ..., "message": ...}}``."""
+
+    error: ErrorBody
+
+
+JSON = "application/json"
+ERROR_RESPONSE_REF = "#/components/schemas/ErrorResponse"  # app.py adds the schema
+
+# Headers that come with some errors, for the OpenAPI document.
+_ERROR_HEADERS: dict[type[FtserveError], dict[str, Any]] = {
+    UnauthorizedError: {
+        "WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}
+    },
+    ModelServerUnavailableError: {
+        "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+    },
+    QueueFullError: {
+        "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+    },
+}
+
+
+def error_responses(*errors: type[FtserveError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for the errors a route can raise, grouped by HTTP status."""
+    grouped: dict[int, list[type[FtserveError]]] = {}
+    for error in errors:
+        grouped.setdefault(int(error.status), []).append(error)
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status, classes in sorted(grouped.items()):
+        codes = ", ".join(f"`{cls.code}`" for cls in classes)
+        entry: dict[str, Any] = {
+            "description": f"{HTTPStatus(status).phrase}: {codes}",
+            # Spelled out rather than `"model": ErrorResponse`, which FastAPI files under the
+            # route's media type: errors are JSON even where the route streams events.
+            "content": {JSON: {"schema": {"$ref": ERROR_RESPONSE_REF}}},
+        }
+        headers = {k: v for cls in classes for k, v in _ERROR_HEADERS.get(cls, {}).items()}
+        if headers:
+            entry["headers"] = headers
+        responses[status] = entry
+    return responses
+
+
+def describe_validation_error(exc: ValidationError, what: str) -> str:
+    """One line naming each invalid field, for an error message."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or what
+        parts.append(f"{where}: {error['msg']}")
+    return f"invalid {what}: " + "; ".join(parts)
+
+
+# -- fine-tuning jobs ------------------------------------------------------------------------
+
+
+class FinetuneFromFolder(TrainConfig):
+    """``POST /finetune`` as JSON: the training config plus a dataset folder on the server."""
+
+    data_uri: str = Field(
+        description="A folder of class-named image folders, relative to (or inside) the data root."
+    )
+
+
+class FinetuneAccepted(BaseModel):
+    job_id: str
+    status: Literal["queued"] = "queued"
+    model_name: str
+    created_at: datetime
+
+
+class Progress(BaseModel):
+    """Where a running job is; the worker may add fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    phase: str | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+    step: int | None = None
+    steps: int | None = None
+    eta_seconds: float | None = None
+
+
+class JobView(BaseModel):
+    """One fine-tuning job as users see it."""
+
+    job_id: str
+    status: JobState
+    model_name: str
+    config: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    progress: Progress | None = Field(description="Latest progress while running.")
+    history: list[dict[str, Any]] = Field(description="Metrics of each finished epoch.")
+    result: dict[str, Any] | None = Field(description="Model, version, evaluation, ...")
+    error: ErrorBody | None = Field(description="Why the job failed.")
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobView:
+        return cls(
+            job_id=job.id,
+            status=job.state,
+            model_name=job.model_name,
+            config=job.config,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            cancel_requested=job.cancel_requested,
+            progress=None if job.progress is None else Progress.model_validate(job.progress),
+            history=job.history,
+            result=job.result,
+            error=None if job.error is None else ErrorBody.model_validate(job.error),
+        )
+
+
+class JobList(BaseModel):
+    items: list[JobView]
+    total: int = Field(description="How many jobs match the filters, over all pages.")
+    limit: int
+    offset: int
+
+
+# -- predictions -----------------------------------------------------------------------------
+
+
+class Instance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    b64: str = Field(description="A JPEG, PNG, GIF or BMP image, base64-encoded.")
+
+
+# As in TensorFlow Serving's ModelSpec, a version and a version label exclude each other.
+VERSION_OR_LABEL: dict[str, Any] = {
+    "not": {
+        "required": ["version", "label"],
+        "properties": {"version": {"type": "integer"}, "label": {"type": "string"}},
+    }
+}
+
+
+class PredictOptions(BaseModel):
+    """Which model answers, and how many labels each prediction lists."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=VERSION_OR_LABEL)
+
+    # The pattern is documented only; check_model_name answers 400 invalid_model_name.
+    model: str = Field(
+        max_length=63,
+        description="The model's name.",
+        json_schema_extra={"pattern": MODEL_NAME_PATTERN},
+    )
+    version: int | None = Field(default=None, ge=1, description="Default: the latest.")
+    label: str | None = Field(default=None, min_length=1, max_length=255)
+    top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="At most the model's K.")
+
+
+class PredictRequest(PredictOptions):
+    """TensorFlow Serving's REST convention: ``{"instances": [{"b64": ...}, ...]}``."""
+
+    instances: list[Instance] = Field(min_length=1)
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="The most likely class.")
+    score: float
+    top_k: list[LabelScore]
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int
+    predictions: list[Prediction]
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+class ModelSummary(BaseModel):
+    name: str
+    versions: list[int] = Field(description="Versions on disk, oldest first.")
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+
+
+class ServingStatus(BaseModel):
+    """A version's state as the model server reports it (TensorFlow Serving's names)."""
+
+    state: str = Field(description="START, LOADING, AVAILABLE, UNLOADING, END or UNKNOWN.")
+    error_code: str = Field(description="A gRPC status code name; OK when all is well.")
+    error_message: str
+
+
+class VersionView(BaseModel):
+    version: int
+    status: ServingStatus
+    model_card: dict[str, Any] | None
+    onnx_url: str | None = Field(description="Where to download the ONNX file, if it has one.")
+
+
+class ModelDetail(BaseModel):
+    name: str
+    versions: list[VersionView]
+
+
+# -- health ----------------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str] = Field(description="`ok`, or why a dependency cannot be reached.")

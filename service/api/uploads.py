@@ -1,0 +1,298 @@
+"""Reading request bodies as they arrive, with limits enforced on the bytes actually received.
+
+FastAPI's ``UploadFile`` reads a whole multipart body before the route runs; here the route
+reads ``request.stream()`` itself and hands each part's bytes to a sink as they come, so a
+too-large upload stops at the limit, chunked transfer encoding included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from service.errors import (
+    BadRequestError,
+    FtserveError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def media_type(request: Request) -> str:
+    """The request's media type, lower case, without parameters."""
+    value, _ = parse_options_header(request.headers.get("content-type"))
+    return value.decode("latin-1")
+
+
+def require_media_type(request: Request, *accepted: str) -> str:
+    """The request's media type if it is one of ``accepted``, else a 415."""
+    found = media_type(request)
+    if found not in accepted:
+        raise UnsupportedMediaTypeError(
+            f"Send the body as {' or '.join(accepted)}, not {found or 'no Content-Type'}"
+        )
+    return found
+
+
+def check_declared_length(request: Request, limit: int, too_large: type[FtserveError]) -> None:
+    """Refuse at once a body whose Content-Length already says it is over ``limit``.
+
+    Bodies without one (chunked) are counted as they arrive instead.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(f"The request body is larger than {limit} bytes")
+
+
+async def read_json(request: Request, limit: int, too_large: type[FtserveError]) -> Any:
+    """The body parsed as JSON, read up to ``limit`` bytes (``too_large`` past that)."""
+    check_declared_length(request, limit, too_large)
+    body = bytearray()
+    async for chunk in _stream(request):
+        body += chunk
+        if len(body) > limit:
+            raise too_large(f"The request body is larger than {limit} bytes")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BadRequestError(f"The request body is not valid JSON: {exc}") from exc
+
+
+async def _stream(request: Request) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise BadRequestError("The client went away before sending the whole body") from None
+
+
+class PartSink(Protocol):
+    """Where the bytes of one multipart part go."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    name: str
+    filename: str | None
+
+
+OpenPart = Callable[[PartInfo], PartSink]
+
+
+@dataclass
+class FieldSink:
+    """A small form field kept in memory, at most ``limit`` bytes."""
+
+    name: str
+    limit: int
+    data: bytearray = field(default_factory=bytearray)
+    seen: bool = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) > self.limit:
+            raise PayloadTooLargeError(
+                f"Form field {self.name!r} is longer than {self.limit} bytes"
+            )
+
+    def close(self) -> None:
+        pass
+
+    def open(self) -> FieldSink:
+        """Start receiving the field; a field sent twice is an error."""
+        if self.seen:
+            raise BadRequestError(f"Form field {self.name!r} was sent more than once")
+        self.seen = True
+        return self
+
+    def text(self) -> str | None:
+        if not self.seen:
+            return None
+        try:
+            return self.data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadRequestError(f"Form field {self.name!r} is not UTF-8 text") from exc
+
+
+class FileSink:
+    """The file of form field ``field_name``, streamed to ``<folder>/<name>.<random>.partial``.
+
+    Counted (``too_large`` past ``limit`` bytes) and hashed as it arrives. ``commit()`` renames
+    it to ``<folder>/<name>``; ``discard()`` removes whichever of the two exists.
+    """
+
+    def __init__(
+        self,
+        field_name: str,
+        folder: Path,
+        name: str,
+        limit: int,
+        too_large: type[FtserveError],
+    ) -> None:
+        self.field_name = field_name
+        self.final_path = folder / name
+        self.path = folder / f"{name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}"
+        self.limit = limit
+        self.too_large = too_large
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+        self.opened = False
+        self.committed = False
+        self._file: IO[bytes] | None = None
+
+    def open(self) -> FileSink:
+        """Start receiving the file; a second file in the same field is an error."""
+        if self.opened:
+            raise BadRequestError(f"Send one file as {self.field_name!r}, not several")
+        self.opened = True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("xb")
+        return self
+
+    def write(self, data: bytes) -> None:
+        assert self._file is not None
+        self.size += len(data)
+        if self.size > self.limit:
+            raise self.too_large(f"The upload is larger than {self.limit} bytes")
+        self.sha256.update(data)
+        self._file.write(data)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+    def commit(self) -> Path:
+        """Give the file its final name and return it."""
+        self.close()
+        os.replace(self.path, self.final_path)
+        self.committed = True
+        return self.final_path
+
+    def discard(self) -> None:
+        """Remove the partial or committed file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.path.unlink(missing_ok=True)
+        if self.committed:
+            self.final_path.unlink(missing_ok=True)
+
+
+async def read_multipart(request: Request, open_part: OpenPart) -> None:
+    """Feed each part of a ``multipart/form-data`` body to the sink ``open_part`` returns.
+
+    Sinks raise to stop reading (a limit, an unexpected field); the error propagates here.
+
+    Raises:
+        BadRequestError: no boundary, a malformed or truncated body, a part without a name.
+    """
+    _, options = parse_options_header(request.headers.get("content-type"))
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise BadRequestError("The multipart Content-Type has no boundary")
+    reader = _MultipartReader(boundary, open_part)
+    async for chunk in _stream(request):
+        reader.feed(chunk)
+    if not reader.ended:
+        raise BadRequestError("The multipart body ended before its closing boundary")
+
+
+class _MultipartReader:
+    """python-multipart's push parser, turned into calls on one sink per part."""
+
+    def __init__(self, boundary: bytes, open_part: OpenPart) -> None:
+        self.open_part = open_part
+        self.ended = False
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        self._sink: PartSink | None = None
+        try:
+            self.parser = MultipartParser(boundary, self._callbacks())
+        except MultipartParseError as exc:  # e.g. an over-long boundary
+            raise BadRequestError(f"Malformed multipart Content-Type: {exc}") from exc
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self.parser.write(chunk)
+        except MultipartParseError as exc:
+            raise BadRequestError(f"Malformed multipart body: {exc}") from exc
+
+    def _callbacks(self) -> Any:
+        return {
+            "on_part_begin": self._headers.clear,
+            "on_header_field": lambda d, s, e: self._header_name.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
+            "on_header_end": self._on_header_end,
+            "on_headers_finished": self._on_headers_finished,
+            "on_part_data": self._on_part_data,
+            "on_part_end": self._on_part_end,
+            "on_end": self._on_end,
+        }
+
+    def _on_header_end(self) -> None:
+        self._headers[bytes(self._header_name).lower()] = bytes(self._header_value)
+        self._header_name.clear()
+        self._header_value.clear()
+
+    def _on_headers_finished(self) -> None:
+        disposition, options = parse_options_header(self._headers.get(b"content-disposition"))
+        name = options.get(b"name")
+        if disposition != b"form-data" or name is None:
+            raise BadRequestError("Each multipart part needs 'Content-Disposition: form-data'")
+        filename = options.get(b"filename")
+        info = PartInfo(
+            name=name.decode("utf-8", errors="replace"),
+            filename=None if filename is None else filename.decode("utf-8", errors="replace"),
+        )
+        self._sink = self.open_part(info)
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        assert self._sink is not None
+        self._sink.write(data[start:end])
+
+    def _on_part_end(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
+
+    def _on_end(self) -> None:
+        self.ended = True
+
+
+def remove_stale_partials(folder: Path, min_age_seconds: float) -> int:
+    """Remove ``*.partial`` uploads untouched for ``min_age_seconds`` (a crash left them).
+
+    Younger ones may be uploads in progress in another API process sharing the folder.
+    Returns how many were removed.
+    """
+    cutoff = time.time() - min_age_seconds
+    removed = 0
+    for path in folder.glob(f"*{PARTIAL_SUFFIX}"):
+        try:
+            if path.stat().st_mtime <= cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:  # another process removed it first
+            continue
+    return removed
