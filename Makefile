@@ -16,15 +16,9 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/ftserve sample-data var/sample --overwrite
-	# No pretrained weights on a fresh machine: train small_cnn end to end (phase 2 from layer 0).
-	$(BIN)/ftserve train --data var/sample --model-name shapes --base-model small_cnn \
-		--weights none --epochs 3 --fine-tune-at 0 --fine-tune-epochs 20 \
-		--fine-tune-learning-rate 1e-3 --batch-size 16 --output var/runs/shapes-$$(date +%s) \
-		--model-repo var/models
-	# Serve the repository like TensorFlow Serving would (Ctrl-C stops it).
-	$(BIN)/ftserve model-server --port=8500 --rest_api_port=8501 \
-		--model_config_file=$(CURDIR)/var/models/models.config \
-		--model_config_file_poll_wait_seconds=5 --enable_grpc_healthcheck_service=true
+	cd var && ../$(BIN)/python -m zipfile -c sample.zip sample/
+	# The model server, a worker and the API on this machine (Ctrl-C stops all three).
+	$(BIN)/ftserve serve --port 8000 --grpc-port 8500 --rest-port 8501
 
 test: lint
 	$(BIN)/python -m pytest
@@ -41,6 +35,8 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.training_speed
 	$(BIN)/python -m bench.export_serving
+	$(BIN)/python -m bench.model_server
+	$(BIN)/python -m bench.api_predict
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache
