@@ -19,22 +19,24 @@ from service.jobs.store import JobStore
 from service.serving.client import PredictClient
 
 
-def get_settings(request: Request) -> Settings:
+# The dependencies are coroutines although nothing in them awaits: FastAPI runs plain
+# functions on its thread pool, which costs every request a thread hop.
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_job_store(request: Request) -> JobStore:
+async def get_job_store(request: Request) -> JobStore:
     store: JobStore = request.app.state.job_store
     return store
 
 
-def get_predict_client(request: Request) -> PredictClient:
+async def get_predict_client(request: Request) -> PredictClient:
     client: PredictClient = request.app.state.predict_client
     return client
 
 
-def get_metrics(request: Request) -> ApiMetrics:
+async def get_metrics(request: Request) -> ApiMetrics:
     metrics: ApiMetrics = request.app.state.metrics
     return metrics
 
@@ -50,7 +52,7 @@ _bearer = HTTPBearer(
 )
 
 
-def require_token(
+async def require_token(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
