@@ -2,30 +2,33 @@
 
 One SavedModel (random weights, 5 classes) and one JPEG; every request is a batch-1
 ``serving_default`` Predict through the official ``tensorflow_serving.apis`` stubs. Two
-servers are started one after the other as subprocesses on free loopback ports, one without
-and one with ``--enable_batching``; each level of client concurrency gets a warmup phase and
-then ``--requests`` measured requests. Reported: throughput (requests/s over the measured
-wall time), p50/p99 latency per request as the client sees it, and the batched server's mean
-batch size over the measured requests (from its Prometheus histogram
-``:tensorflow:serving:batching:processed_batch_size``).
+servers run at once as subprocesses on free loopback ports, one without and one with
+``--enable_batching``. At each level of client concurrency both get a warmup phase, then
+they take turns, ``--rounds`` rounds of ``--requests / --rounds`` measured requests each, so
+that load drifting on the machine hits both alike (each round ramps up and drains, which
+costs a little throughput). Reported: throughput (requests over the summed wall time of
+the rounds), p50/p99 latency as the client sees it,
+and the batched server's mean batch size over the measured requests, from its Prometheus
+histogram ``:tensorflow:serving:batching:processed_batch_size`` (``_sum`` / ``_count``).
 
-The client is one grpc.aio channel with ``concurrency`` coroutines, each sending its next
-request as soon as the previous one is answered. It must not be the bottleneck: the "client
-CPU" column is the client process's CPU time (all threads, gRPC's included) over the measured
-wall time, in cores. At concurrency 32 it stays far below one core while the server saturates
-the machine, so the client is not what limits throughput; with the small_cnn model the same
-client pushes several times the requests/s it reaches against mobilenet_v2. On a machine with
-few cores the client still takes that CPU away from the server, equally for both servers.
+The client is one grpc.aio channel per server with ``concurrency`` coroutines, each sending
+its next request as soon as the previous one is answered. It is not the bottleneck: the
+"client cores" column is this process's CPU time (all threads, gRPC's included) over the
+measured wall time. At concurrency 32 it is about 0.05 cores against mobilenet_v2, and 0.2
+cores at ~630 requests/s against small_cnn at 32 px (~0.3 ms of client CPU per request), far
+below the one core a Python client can use, so the client could send far more than either
+server answers. On a machine with few cores it still takes that CPU from the server, alike
+for both. The load average at the start is printed: other work on the machine adds noise.
 
-    python -m bench.model_server [--base-model small_cnn --image-size 32] [--requests 300]
+    python -m bench.model_server [--base-model small_cnn --image-size 32] [--requests 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
-import resource
 import signal
 import socket
 import statistics
@@ -39,6 +42,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import grpc
+import numpy as np
 import tensorflow as tf
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import (
@@ -85,9 +89,7 @@ class Server:
         command += [f"--port={self.port}", f"--rest_api_port={self.rest_port}", "--host=127.0.0.1"]
         self.log_path = log_path
         with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
-            )
+            self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
     def fail(self, why: str) -> None:
         self.process.kill()
@@ -117,13 +119,9 @@ class Server:
         url = f"http://127.0.0.1:{self.rest_port}{METRICS_PATH}"
         with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
-        totals = {"_count": 0.0, "_sum": 0.0}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                suffix = sample.name.removeprefix(BATCH_SIZE)
-                if suffix in totals:
-                    totals[suffix] += sample.value
-        return totals["_count"], totals["_sum"]
+        samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+        count = sum(s.value for s in samples if s.name == f"{BATCH_SIZE}_count")
+        return count, sum(s.value for s in samples if s.name == f"{BATCH_SIZE}_sum")
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -136,7 +134,7 @@ class Server:
 
 
 async def drive(stub, request, concurrency: int, count: int) -> tuple[float, list[float], float]:
-    """``count`` Predicts from ``concurrency`` workers: (wall s, latencies ms, client cores)."""
+    """``count`` Predicts from ``concurrency`` workers: (wall s, latencies ms, client CPU s)."""
     remaining = count
     latencies: list[float] = []
 
@@ -148,36 +146,44 @@ async def drive(stub, request, concurrency: int, count: int) -> tuple[float, lis
             await stub.Predict(request, timeout=120)
             latencies.append((time.perf_counter() - started) * 1000)
 
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
-    return wall, latencies, cpu / wall
+    return time.perf_counter() - started, latencies, time.process_time() - cpu
 
 
-def measure(server: Server, request, levels: list[int], requests: int, batching: bool) -> dict:
-    """Per concurrency level: (req/s, p50 ms, p99 ms, mean batch size, client cores)."""
+def measure(servers: dict[str, Server], request, levels: list[int], args) -> dict:
+    """Per server and level: (req/s, p50 ms, p99 ms, mean batch size, client cores)."""
 
     async def run_levels() -> dict:
-        results = {}
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            for concurrency in levels:
-                await drive(stub, request, concurrency, max(4 * concurrency, requests // 10))
-                before = server.batches() if batching else (0.0, 0.0)
-                wall, latencies, cores = await drive(stub, request, concurrency, requests)
-                after = server.batches() if batching else (0.0, 0.0)
-                batches, rows = after[0] - before[0], after[1] - before[1]
-                latencies.sort()
-                results[concurrency] = (
-                    requests / wall,
+        results: dict[str, dict] = {name: {} for name in servers}
+        channels = {n: grpc.aio.insecure_channel(f"127.0.0.1:{s.port}") for n, s in servers.items()}
+        stubs = {
+            n: prediction_service_pb2_grpc.PredictionServiceStub(c) for n, c in channels.items()
+        }
+        for level in levels:
+            times: dict[str, list[float]] = {name: [] for name in servers}
+            sums = {name: np.zeros(4) for name in servers}  # wall s, client CPU s, batches, rows
+            for name in servers:
+                await drive(stubs[name], request, level, max(4 * level, args.requests // 10))
+            for _, (name, server) in itertools.product(range(args.rounds), servers.items()):
+                before = server.batches()
+                count = args.requests // args.rounds
+                wall, latencies, cpu = await drive(stubs[name], request, level, count)
+                after = server.batches()
+                times[name] += latencies
+                sums[name] += (wall, cpu, after[0] - before[0], after[1] - before[1])
+            for name, (wall, cpu, batches, rows) in sums.items():
+                latencies = sorted(times[name])
+                results[name][level] = (
+                    len(latencies) / wall,
                     statistics.median(latencies),
                     latencies[round(0.99 * (len(latencies) - 1))],
                     rows / batches if batches else float("nan"),
-                    cores,
+                    cpu / wall,
                 )
+        for channel in channels.values():
+            await channel.close()
         return results
 
     return asyncio.run(run_levels())
@@ -187,7 +193,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-model", default="mobilenet_v2")
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--requests", type=int, default=300, help="measured per level")
+    parser.add_argument("--requests", type=int, default=1000, help="measured per level")
+    parser.add_argument("--rounds", type=int, default=2, help="turns per server and level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-timeout-micros", type=int, default=2000)
@@ -204,8 +211,7 @@ def main() -> None:
     request.model_spec.name, request.model_spec.signature_name = MODEL, "serving_default"
     request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([jpeg], dtype=tf.string))
 
-    results: dict[str, dict] = {}
-    totals = None
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         export(args.base_model, args.image_size, root / "model")
@@ -213,50 +219,43 @@ def main() -> None:
             "".join(f"{name} {{ value: {value} }}\n" for name, value in params.items())
         )
         (root / "monitoring.config").write_text("prometheus_config { enable: true }\n")
-        common = [
-            f"--model_name={MODEL}",
-            f"--model_base_path={root / 'model'}",
-            f"--monitoring_config_file={root / 'monitoring.config'}",
-            "--enable_grpc_healthcheck_service=true",
-        ]
-        batching_flags = [
+        common = [f"--model_name={MODEL}", f"--model_base_path={root / 'model'}"]
+        common += [f"--monitoring_config_file={root / 'monitoring.config'}"]
+        batching = [
             "--enable_batching=true",
             f"--batching_parameters_file={root / 'batching.config'}",
         ]
-        for name, flags in (("off", []), ("on", batching_flags)):
-            server = Server(common + flags, root / f"server-{name}.log")
-            try:
+        servers = {}
+        try:
+            for name, flags in (("off", []), ("on", batching)):
+                servers[name] = Server(common + flags, root / f"server-{name}.log")
+            for server in servers.values():
                 server.wait_available()
-                results[name] = measure(
-                    server, request, args.concurrency, args.requests, name == "on"
-                )
-                totals = server.batches() if name == "on" else None
-            finally:
+            results = measure(servers, request, args.concurrency, args)
+            batches, rows = servers["on"].batches()
+        finally:
+            for server in servers.values():
                 if server.process.poll() is None:
                     server.stop()
 
     print(
         f"model: {args.base_model} at {args.image_size}px, {len(CLASSES)} classes; "
         f"serving_default, one {len(jpeg):,} B JPEG per request; {args.requests} measured "
-        f"requests per level; CPUs {len(os.sched_getaffinity(0))}"
+        f"requests per level in {args.rounds} rounds, after max(4 x concurrency, requests/10) "
+        f"warmup; CPUs {len(os.sched_getaffinity(0))}; 1-min load average at start {load:.2f}"
     )
     print("batching on: " + ", ".join(f"{k} {v}" for k, v in params.items()))
-    if totals is not None and totals[0]:
-        print(
-            f"batched server processed {totals[0]:.0f} batches, {totals[1]:.0f} rows "
-            f"(warmups included): mean batch size {totals[1] / totals[0]:.2f}"
-        )
     print(
-        f"{'conc':>4} | {'req/s off':>9} {'on':>7} {'on/off':>6} | {'p50 ms off':>10} {'on':>7} "
-        f"{'on/off':>6} | {'p99 ms off':>10} {'on':>7} {'on/off':>6} | {'batch':>5} | "
-        f"client CPU off/on"
+        f"batched server processed {batches:.0f} batches, {rows:.0f} rows (all levels, warmups "
+        f"included): mean batch size {rows / batches:.2f}; both servers exited 0 on SIGTERM"
+    )
+    print(
+        f"{'conc':>4} | {'req/s off':>10} {'on':>7} {'on/off':>6} | {'p50 ms off':>10} {'on':>7} "
+        f"{'on/off':>6} | {'p99 ms off':>10} {'on':>7} {'on/off':>6} | batch | client cores off/on"
     )
     for level in args.concurrency:
         off, on = results["off"][level], results["on"][level]
-        cells = [
-            f"{off[i]:{w}.{d}f} {on[i]:7.{d}f} {on[i] / off[i]:5.2f}x"
-            for i, w, d in ((0, 9, 1), (1, 10, 1), (2, 10, 1))
-        ]
+        cells = [f"{off[i]:10.1f} {on[i]:7.1f} {on[i] / off[i]:5.2f}x" for i in range(3)]
         print(f"{level:>4} | " + " | ".join(cells) + f" | {on[3]:5.2f} | {off[4]:.2f}/{on[4]:.2f}")
 
 
