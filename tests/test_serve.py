@@ -90,6 +90,11 @@ def stack_env(root: Path) -> dict[str, str]:
     }
 
 
+def serve_command(api_port: int, grpc_port: int) -> list[str]:
+    ports = [f"--port={api_port}", f"--grpc-port={grpc_port}", f"--rest-port={free_port()}"]
+    return [sys.executable, "-m", "service.cli", "serve", *ports]
+
+
 @pytest.fixture(scope="module")
 def digits_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("digits")
@@ -100,17 +105,8 @@ def digits_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, int]]:
     root = tmp_path_factory.mktemp("stack")
-    api, grpc_port, rest = free_port(), free_port(), free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "service.cli",
-        "serve",
-        f"--port={api}",
-        f"--grpc-port={grpc_port}",
-        f"--rest-port={rest}",
-    ]
-    running = Stack(root, command, stack_env(root), api)
+    api, grpc_port = free_port(), free_port()
+    running = Stack(root, serve_command(api, grpc_port), stack_env(root), api)
     running.wait_ready()
     yield running, grpc_port
     assert running.stop() == 0, running.log()
@@ -198,16 +194,7 @@ def _digit_png(archive: Path) -> bytes:
 
 def test_sigterm_stops_the_whole_stack(tmp_path: Path):
     api = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "service.cli",
-        "serve",
-        f"--port={api}",
-        f"--grpc-port={free_port()}",
-        f"--rest-port={free_port()}",
-    ]
-    running = Stack(tmp_path, command, stack_env(tmp_path), api)
+    running = Stack(tmp_path, serve_command(api, free_port()), stack_env(tmp_path), api)
     running.wait_ready()
     children = subprocess.run(
         ["pgrep", "-P", str(running.process.pid)], capture_output=True, text=True

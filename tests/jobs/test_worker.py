@@ -34,15 +34,9 @@ CONFIG = {
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        data_root=tmp_path / "data",
-        work_dir=tmp_path / "jobs",
-        model_repo=tmp_path / "models",
-        weights_dir=tmp_path / "weights",
-        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
-        lease_seconds=30,
-    )
+def settings(settings: Settings, tmp_path: Path) -> Settings:
+    """The shared test settings, with a job store of their own."""
+    return settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'jobs.db'}"})
 
 
 @pytest.fixture
