@@ -29,7 +29,6 @@ import anyio
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from service.api.archive_scan import scan_archive
 from service.api.schemas import FinetuneAccepted
 from service.api.uploads import (
     FieldSink,
@@ -54,6 +53,7 @@ from service.errors import (
 )
 from service.jobs.records import IdempotencyRecord, Job
 from service.jobs.store import JobStore
+from service.training.archive import scan_archive
 from service.training.options import TrainConfig
 
 log = logging.getLogger(__name__)

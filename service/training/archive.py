@@ -305,22 +305,28 @@ def _extract_zip(archive: Path, root: Path, budget: _Budget) -> None:
         infos = zf.infolist()
         _check_zip_headers(infos, budget)
         for info in infos:
-            name = info.filename
-            is_dir = info.is_dir() or name.endswith("\\")
-            budget.add_member()
-            target = _safe_target(root, name, is_dir)
-            problem = _zip_mode_problem(info)
-            if problem is not None:
-                raise _unsafe(name, problem)
-            if is_dir:
-                _make_dir(target, name)
+            target = _check_zip_member(info, root, budget)
+            if info.is_dir() or info.filename.endswith("\\"):
+                _make_dir(target, info.filename)
                 continue
-            if info.flag_bits & 0x1:
-                raise InvalidArchiveError(f"archive member {name!r} is encrypted")
             with _reading(archive):
                 source = zf.open(info)
             with source:
-                _stream_member(source, target, name, budget, archive, info.compress_size)
+                _stream_member(source, target, info.filename, budget, archive, info.compress_size)
+
+
+def _check_zip_member(info: zipfile.ZipInfo, root: Path, budget: _Budget) -> Path:
+    """Judge one zip member by its header alone; return where it would be written."""
+    name = info.filename
+    is_dir = info.is_dir() or name.endswith("\\")
+    budget.add_member()
+    target = _safe_target(root, name, is_dir)
+    problem = _zip_mode_problem(info)
+    if problem is not None:
+        raise _unsafe(name, problem)
+    if not is_dir and info.flag_bits & 0x1:
+        raise InvalidArchiveError(f"archive member {name!r} is encrypted")
+    return target
 
 
 def _tar_members(tar: tarfile.TarFile, archive: Path) -> Iterator[tarfile.TarInfo]:
@@ -344,20 +350,66 @@ def _extract_tar(archive: Path, root: Path, budget: _Budget) -> None:
         tar = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed by the with below
     with tar:
         for member in _tar_members(tar, archive):
-            name = member.name
-            budget.add_member()
-            target = _safe_target(root, name, member.isdir())
-            problem = _tar_type_problem(member)
-            if problem is not None:
-                raise _unsafe(name, problem)
+            target = _check_tar_member(member, root, budget)
             if member.isdir():
-                _make_dir(target, name)
+                _make_dir(target, member.name)
                 continue
-            # A tar has no index, so each member's declared size is judged as it comes.
-            budget.check_total(budget.written + member.size)
             with _reading(archive):
                 source = tar.extractfile(member)
             if source is None:
-                raise InvalidArchiveError(f"archive member {name!r} has no data")
+                raise InvalidArchiveError(f"archive member {member.name!r} has no data")
             with source:
-                _stream_member(source, target, name, budget, archive, None)
+                _stream_member(source, target, member.name, budget, archive, None)
+
+
+def _check_tar_member(member: tarfile.TarInfo, root: Path, budget: _Budget) -> Path:
+    """Judge one tar member by its header alone; return where it would be written."""
+    budget.add_member()
+    target = _safe_target(root, member.name, member.isdir())
+    problem = _tar_type_problem(member)
+    if problem is not None:
+        raise _unsafe(member.name, problem)
+    if not member.isdir():
+        # A tar has no index, so each member's declared size is judged as it comes.
+        budget.check_total(budget.written + member.size)
+    return target
+
+
+# -- checking without extracting ------------------------------------------------------------
+
+# Member paths are only judged against this root, never created.
+_NOWHERE = Path("/nonexistent")
+
+
+def scan_archive(archive: Path, settings: Settings) -> None:
+    """Judge every member header of ``archive`` by the rules extraction applies.
+
+    Nothing is written: the API refuses a bad upload with this before queueing its job.
+    What only extraction sees (actual sizes, the images themselves) the worker checks.
+
+    Raises:
+        InvalidArchiveError: not a zip or tar (plain, gz, bz2, xz), unreadable, or an
+            encrypted zip member.
+        UnsafeArchiveMemberError: a path trick, a link or a special file.
+        ArchiveLimitError: too many members, or declared sizes past the limits.
+    """
+    kind = _detect(archive)
+    if kind is None:
+        raise InvalidArchiveError("The dataset is not a zip or tar (plain, gz, bz2, xz) archive")
+    budget = _Budget(settings, max(archive.stat().st_size, 1))
+    if kind == "zip":
+        with _reading(archive):
+            zf = zipfile.ZipFile(archive)
+        with zf:
+            infos = zf.infolist()
+            _check_zip_headers(infos, budget)
+            for info in infos:
+                _check_zip_member(info, _NOWHERE, budget)
+        return
+    with _reading(archive):
+        tar = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed by the with below
+    with tar:
+        for member in _tar_members(tar, archive):
+            _check_tar_member(member, _NOWHERE, budget)
+            if member.isreg():
+                budget.charge(member.size)

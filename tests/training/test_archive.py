@@ -24,7 +24,7 @@ from service.errors import (
     UnsafeArchiveMemberError,
 )
 from service.training import archive as archive_module
-from service.training.archive import extract_archive, is_archive
+from service.training.archive import extract_archive, is_archive, scan_archive
 
 MiB = 1024 * 1024
 
@@ -655,3 +655,36 @@ def test_gzip_with_garbage_stream_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(InvalidArchiveError):
         extract_archive(archive, destination, make_settings())
     assert_nothing_left(destination)
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+@pytest.mark.parametrize("name", UNSAFE_NAMES)
+def test_scan_refuses_what_extraction_refuses_and_writes_nothing(
+    tmp_path: Path, kind: str, name: str
+) -> None:
+    members = {**SAFE_FIRST, name: b"evil"}
+    if kind == "zip":
+        archive = make_zip(tmp_path / "data.zip", members)
+    else:
+        archive = make_tar(tmp_path / "data.tar.gz", members, "w:gz")
+    before = sorted(tmp_path.rglob("*"))
+
+    with pytest.raises(UnsafeArchiveMemberError) as caught:
+        scan_archive(archive, make_settings())
+    assert repr(name) in caught.value.message
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_scan_accepts_a_good_archive_and_counts_declared_sizes(tmp_path: Path) -> None:
+    good = make_zip(tmp_path / "good.zip", {"cats/a.png": png_bytes(), "dogs/b.png": png_bytes()})
+    scan_archive(good, make_settings())
+    big = make_tar(tmp_path / "big.tar", {"cats/a.png": b"x" * 4096})
+    with pytest.raises(ArchiveLimitError):
+        scan_archive(big, make_settings(archive_max_bytes=1024))
+    with pytest.raises(InvalidArchiveError):
+        scan_archive(write(tmp_path / "not.zip", b"plain text"), make_settings())
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
