@@ -17,7 +17,7 @@ from exporter.repository import ModelRepository
 from service.config import Settings
 from service.training.options import TrainConfig
 from service.training.sample_data import make_shapes_dataset
-from service.training.trainer import train
+from service.training.trainer import TrainingResult, train
 
 
 @pytest.fixture(autouse=True)
@@ -56,8 +56,9 @@ class Template:
 
 
 @pytest.fixture(scope="session")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
-    root = tmp_path_factory.mktemp("model-server-template")
+def shapes_training(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainingResult]:
+    """One small model trained once per session: its dataset folder and the training result."""
+    root = tmp_path_factory.mktemp("shapes-training")
     data = make_shapes_dataset(root / "shapes", images_per_class=8, image_size=32, seed=5)
     settings = Settings(
         data_root=root / "data",
@@ -69,7 +70,16 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     config = TrainConfig(
         model_name="shapes", base_model="small_cnn", weights="none", epochs=2, batch_size=8
     )
-    result = train(data, config, settings.work_dir / "job", settings)
-    published = publish_result(result, ModelRepository(root / "template-repo"))
+    return data, train(data, config, settings.work_dir / "job", settings)
+
+
+@pytest.fixture(scope="session")
+def template(
+    tmp_path_factory: pytest.TempPathFactory, shapes_training: tuple[Path, TrainingResult]
+) -> Template:
+    """That model published as a version, to copy into repositories, with sample images."""
+    data, result = shapes_training
+    repository = ModelRepository(tmp_path_factory.mktemp("template") / "template-repo")
+    published = publish_result(result, repository)
     images = [(path.parent.name, path.read_bytes()) for path in sorted(data.glob("*/*"))[::3]]
     return Template(published.path, images)

@@ -1,29 +1,14 @@
-"""A small trained model shared by the exporter tests (trained once per session)."""
+"""The exporter tests share the session's trained model (see tests/conftest.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from service.config import Settings
-from service.training.options import TrainConfig
-from service.training.sample_data import make_shapes_dataset
-from service.training.trainer import TrainingResult, train
-
-IMAGE_SIZE = 32
+from service.training.trainer import TrainingResult
 
 
 @pytest.fixture(scope="session")
-def result(tmp_path_factory: pytest.TempPathFactory) -> TrainingResult:
-    root = tmp_path_factory.mktemp("export-train")
-    data = make_shapes_dataset(root / "shapes", images_per_class=8, image_size=IMAGE_SIZE, seed=0)
-    settings = Settings(
-        data_root=root / "data",
-        work_dir=root / "jobs",
-        model_repo=root / "models",
-        weights_dir=root / "weights",
-        weights_download=False,
-    )
-    config = TrainConfig(
-        model_name="shapes", base_model="small_cnn", weights="none", epochs=1, batch_size=8
-    )
-    return train(data, config, settings.work_dir / "job", settings)
+def result(shapes_training: tuple[Path, TrainingResult]) -> TrainingResult:
+    return shapes_training[1]
