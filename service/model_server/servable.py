@@ -83,6 +83,14 @@ class Servable:
             raise LoadError(f"cannot load {path}: {_first_line(exc)}") from exc
         self._loaded = loaded  # keeps the functions' variables alive
         self._functions = dict(loaded.signatures)
+        # Asked on every request when batching is on; the answer never changes.
+        self._batchable = {
+            name: all(
+                _leading_batch_dim(info)
+                for info in [*signature.inputs.values(), *signature.outputs.values()]
+            )
+            for name, signature in self.signature_defs.items()
+        }
 
     def prepare(self, request: predict_pb2.PredictRequest) -> PreparedPredict:
         """Check ``request`` against its signature and decode its inputs."""
@@ -101,9 +109,7 @@ class Servable:
 
     def batchable(self, signature_name: str) -> bool:
         """Whether every input and output of the signature has a free leading batch dim."""
-        signature = self.signature_defs[signature_name]
-        infos = [*signature.inputs.values(), *signature.outputs.values()]
-        return all(_leading_batch_dim(info) for info in infos)
+        return self._batchable[signature_name]
 
     def run(self, signature_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one signature; TensorFlow errors become ``ServingError`` with the same code."""
