@@ -22,12 +22,14 @@ import httpx
 import numpy as np
 import pytest
 import tensorflow as tf
+from google.protobuf import text_format
 from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
+from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 from exporter.repository import ModelRepository
 from tests.conftest import Template as Template  # re-exported for the server tests
@@ -50,6 +52,24 @@ def add_version(repo_root: Path, source: Path, model: str = MODEL) -> int:
     with repository.staging(model) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True)
         return repository.publish(model, staging)
+
+
+def two_version_config(root: Path, source: Path) -> Path:
+    """Versions 1 and 2 of ``source`` under ``root/repo``, all served, ``stable`` → 1.
+
+    Returns the model config file.
+    """
+    repo = root / "repo"
+    assert add_version(repo, source) == 1
+    assert add_version(repo, source) == 2
+    config = ModelServerConfig()
+    entry = config.model_config_list.config.add()
+    entry.name, entry.base_path, entry.model_platform = MODEL, str(repo / MODEL), "tensorflow"
+    entry.model_version_policy.all.SetInParent()
+    entry.version_labels["stable"] = 1
+    config_path = root / "models.config"
+    config_path.write_text(text_format.MessageToString(config))
+    return config_path
 
 
 def free_port() -> int:

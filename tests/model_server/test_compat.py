@@ -12,7 +12,6 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from google.protobuf import text_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -20,7 +19,6 @@ from tensorflow_serving.apis import (
     get_model_status_pb2,
     predict_pb2,
 )
-from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 from exporter.export import decode_batch
 from tests.model_server.conftest import (
@@ -32,9 +30,9 @@ from tests.model_server.conftest import (
     TF_SERVING,
     ServerProcess,
     Template,
-    add_version,
     image_request,
     outputs,
+    two_version_config,
 )
 
 CLASSES = {"circle", "square", "triangle"}
@@ -47,16 +45,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory, template: Template)
     if request.param == TF_SERVING and not os.environ.get("TF_SERVING_BIN"):
         pytest.skip(NO_TF_SERVING)
     root = tmp_path_factory.mktemp(f"compat-{request.param}")
-    repo = root / "repo"
-    assert add_version(repo, template.version_dir) == 1
-    assert add_version(repo, template.version_dir) == 2
-    config = ModelServerConfig()
-    entry = config.model_config_list.config.add()
-    entry.name, entry.base_path, entry.model_platform = MODEL, str(repo / MODEL), "tensorflow"
-    entry.model_version_policy.all.SetInParent()
-    entry.version_labels["stable"] = 1
-    config_path = root / "models.config"
-    config_path.write_text(text_format.MessageToString(config))
+    config_path = two_version_config(root, template.version_dir)
     monitoring = root / "monitoring.config"
     monitoring.write_text(
         'prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }'

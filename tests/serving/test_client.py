@@ -13,8 +13,6 @@ from typing import TypeVar
 
 import numpy as np
 import pytest
-from google.protobuf import text_format
-from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 from service import errors
 from service.serving import PredictClient, PredictResult, VersionStatus
@@ -24,10 +22,10 @@ from tests.model_server.conftest import (
     MODEL,
     ServerProcess,
     Template,
-    add_version,
     free_port,
     image_request,
     outputs,
+    two_version_config,
 )
 
 T = TypeVar("T")
@@ -38,16 +36,7 @@ ALL_OUTPUTS = {"probabilities", "labels", "label_scores"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, template: Template) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("serving-client")
-    repo = root / "repo"
-    assert add_version(repo, template.version_dir) == 1
-    assert add_version(repo, template.version_dir) == 2
-    config = ModelServerConfig()
-    entry = config.model_config_list.config.add()
-    entry.name, entry.base_path, entry.model_platform = MODEL, str(repo / MODEL), "tensorflow"
-    entry.model_version_policy.all.SetInParent()
-    entry.version_labels["stable"] = 1
-    config_path = root / "models.config"
-    config_path.write_text(text_format.MessageToString(config))
+    config_path = two_version_config(root, template.version_dir)
     process = ServerProcess(FTSERVE, [f"--model_config_file={config_path}"], root / "server.log")
     process.wait_for_version(1)
     process.wait_for_version(2)
