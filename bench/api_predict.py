@@ -35,27 +35,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from bench.export_serving import photo_like_jpeg
-from bench.model_server import MODEL, ROOT, Server, export, free_port
+from bench.model_server import MODEL, ROOT, Server, drive, export, free_port
 
 Call = Callable[[], Awaitable[object]]
-
-
-async def drive(call: Call, concurrency: int, count: int) -> tuple[float, list[float]]:
-    """``count`` calls from ``concurrency`` workers: (wall seconds, latencies in ms)."""
-    remaining = count
-    latencies: list[float] = []
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            started = time.perf_counter()
-            await call()
-            latencies.append((time.perf_counter() - started) * 1000)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - started, latencies
 
 
 def summary(wall: float, latencies: list[float]) -> tuple[float, float, float]:
@@ -110,7 +92,8 @@ async def compare(grpc_port: int, api_port: int, image: bytes, requests: int, sa
     for concurrency in (1, saturate):
         for name, call in (("grpc", direct), ("api", through_api)):
             await drive(call, concurrency, max(20, requests // 10))  # warm up
-            results[name][concurrency] = summary(*await drive(call, concurrency, requests))
+            wall, latencies, _ = await drive(call, concurrency, requests)
+            results[name][concurrency] = summary(wall, latencies)
     await http.aclose()
     await channel.close()
     return results

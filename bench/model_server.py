@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -133,8 +134,10 @@ class Server:
             self.fail(f"exited with {code} after SIGTERM")
 
 
-async def drive(stub, request, concurrency: int, count: int) -> tuple[float, list[float], float]:
-    """``count`` Predicts from ``concurrency`` workers: (wall s, latencies ms, client CPU s)."""
+async def drive(
+    call: Callable[[], Awaitable[object]], concurrency: int, count: int
+) -> tuple[float, list[float], float]:
+    """``count`` calls from ``concurrency`` workers: (wall s, latencies ms, client CPU s)."""
     remaining = count
     latencies: list[float] = []
 
@@ -143,13 +146,17 @@ async def drive(stub, request, concurrency: int, count: int) -> tuple[float, lis
         while remaining > 0:
             remaining -= 1
             started = time.perf_counter()
-            await stub.Predict(request, timeout=120)
+            await call()
             latencies.append((time.perf_counter() - started) * 1000)
 
     cpu = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return time.perf_counter() - started, latencies, time.process_time() - cpu
+
+
+def predict_call(stub, request) -> Callable[[], Awaitable[object]]:
+    return lambda: stub.Predict(request, timeout=120)
 
 
 def measure(servers: dict[str, Server], request, levels: list[int], args) -> dict:
@@ -165,11 +172,13 @@ def measure(servers: dict[str, Server], request, levels: list[int], args) -> dic
             times: dict[str, list[float]] = {name: [] for name in servers}
             sums = {name: np.zeros(4) for name in servers}  # wall s, client CPU s, batches, rows
             for name in servers:
-                await drive(stubs[name], request, level, max(4 * level, args.requests // 10))
+                await drive(
+                    predict_call(stubs[name], request), level, max(4 * level, args.requests // 10)
+                )
             for _, (name, server) in itertools.product(range(args.rounds), servers.items()):
                 before = server.batches()
                 count = args.requests // args.rounds
-                wall, latencies, cpu = await drive(stubs[name], request, level, count)
+                wall, latencies, cpu = await drive(predict_call(stubs[name], request), level, count)
                 after = server.batches()
                 times[name] += latencies
                 sums[name] += (wall, cpu, after[0] - before[0], after[1] - before[1])
