@@ -16,6 +16,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import model_pb2
 
 from service.model_server.config import ModelSettings, VersionPolicy
+from service.model_server.core import model_spec
 from service.model_server.manager import (
     ModelManager,
     State,
@@ -120,12 +121,7 @@ def configure(manager: ModelManager, *models: ModelSettings) -> None:
 def spec(
     name: str = MODEL, version: int | None = None, label: str | None = None
 ) -> model_pb2.ModelSpec:
-    model_spec = model_pb2.ModelSpec(name=name)
-    if version is not None:
-        model_spec.version.value = version
-    if label is not None:
-        model_spec.version_label = label
-    return model_spec
+    return model_spec(name, version, label)
 
 
 def served(manager: ModelManager, model_spec: model_pb2.ModelSpec) -> int:
