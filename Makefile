@@ -2,8 +2,13 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The API tier's tests run in an environment built from the API image's requirements,
+# without TensorFlow (tests/requirements-api.txt).
+API_VENV := .venv-api
+API_STAMP := $(API_VENV)/.installed
+API_TESTS := tests/api tests/contract tests/ingest tests/jobs tests/test_architecture.py
 
-.PHONY: venv run test lint format bench clean protos
+.PHONY: venv run test test-main test-api lint format bench clean protos
 
 # The virtual environment is rebuilt whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -11,6 +16,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+$(API_STAMP): deploy/docker/api/requirements.txt tests/requirements-api.txt
+	test -x $(API_VENV)/bin/python || $(PYTHON) -m venv $(API_VENV)
+	$(API_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(API_VENV)/bin/python -m pip install --quiet -r tests/requirements-api.txt
+	touch $(API_STAMP)
 
 venv: $(STAMP)
 
@@ -20,8 +31,16 @@ run: $(STAMP)
 	# The model server, a worker and the API on this machine (Ctrl-C stops all three).
 	$(BIN)/ftserve serve --port 8000 --grpc-port 8500 --rest-port 8501
 
-test: lint
-	$(BIN)/python -m pytest
+test: lint test-main test-api
+
+# Everything that needs TensorFlow, in the main environment.
+test-main: $(STAMP)
+	$(BIN)/python -m pytest $(addprefix --ignore=,$(API_TESTS))
+
+# The API, contract, ingest and jobs tests without TensorFlow installed; model servers they
+# start run on the main environment's Python.
+test-api: $(STAMP) $(API_STAMP)
+	FTSERVE_TEST_TF_PYTHON=$(abspath $(BIN)/python) $(API_VENV)/bin/python -m pytest $(API_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check service exporter tests bench
@@ -39,7 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.api_predict
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(API_VENV) var .pytest_cache .ruff_cache .mypy_cache
 
 # Regenerate the Python modules of protos/ (committed; a test checks they are current).
 protos: $(STAMP)

@@ -33,10 +33,10 @@ from tensorflow_serving.apis import predict_pb2
 
 from exporter.onnx_export import convert_to_onnx
 from exporter.signatures import save_saved_model
+from service.contract.train_config import TrainConfig
 from service.training.backbones import ResolvedWeights, build_base, get_backbone
 from service.training.model import build_classifier
-from service.training.options import TrainConfig
-from service.training.pipeline import decode_and_resize
+from service.training.preprocessing import decode_and_resize
 
 CLASSES = ("a", "b", "c", "d", "e")
 

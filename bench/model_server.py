@@ -55,9 +55,9 @@ from tensorflow_serving.apis import (
 
 from bench.export_serving import CLASSES, photo_like_jpeg
 from exporter.signatures import save_saved_model
+from service.contract.train_config import TrainConfig
 from service.training.backbones import ResolvedWeights, build_base, get_backbone
 from service.training.model import build_classifier
-from service.training.options import TrainConfig
 
 MODEL = "bench"
 BATCH_SIZE = ":tensorflow:serving:batching:processed_batch_size"

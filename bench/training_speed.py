@@ -27,10 +27,10 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from service.config import Settings
+from service.contract.train_config import TrainConfig
 from service.training.callbacks import Progress
 from service.training.dataset import scan_dataset
-from service.training.options import TrainConfig
-from service.training.pipeline import decode_and_resize
+from service.training.preprocessing import decode_and_resize
 from service.training.pretrain import pretrain_base, save_base_weights
 from service.training.sample_data import make_digits_dataset
 from service.training.trainer import Hooks, train

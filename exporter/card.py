@@ -19,12 +19,12 @@ import onnxruntime
 import tensorflow as tf
 import tf2onnx
 
-from exporter.onnx_export import ONNX_FILE, ONNX_OPSET, PARITY_TOLERANCE
-from exporter.signatures import SERVING_DEFAULT, SERVING_TENSOR
+from exporter.onnx_export import ONNX_OPSET, PARITY_TOLERANCE
+from service.contract.repository import ONNX_FILE
+from service.contract.signatures import SERVING_DEFAULT, SERVING_TENSOR
 from service.training.backbones import get_backbone
 from service.training.trainer import TrainingResult
 
-CARD_FILE = "model_card.json"
 CARD_FORMAT = 1
 
 

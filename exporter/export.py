@@ -19,22 +19,23 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from exporter.card import CARD_FILE, build_model_card
-from exporter.onnx_export import ONNX_FILE, export_onnx
-from exporter.signatures import (
-    BYTES_INPUT,
+from exporter.card import build_model_card
+from exporter.onnx_export import export_onnx
+from exporter.signatures import labels_text, save_saved_model
+from exporter.warmup import write_warmup_requests
+from service.contract.repository import (
+    ASSETS_EXTRA,
     LABELS_FILE,
-    SERVING_DEFAULT,
-    labels_text,
-    save_saved_model,
+    MODEL_CARD_FILE,
+    ONNX_FILE,
+    WARMUP_FILE,
 )
-from exporter.warmup import WARMUP_FILE, write_warmup_requests
+from service.contract.signatures import BYTES_INPUT, PROBABILITIES, SERVING_DEFAULT
 from service.errors import ExportError
-from service.training.pipeline import decode_and_resize
+from service.training.preprocessing import decode_and_resize
 from service.training.trainer import TrainingResult
 
-ASSETS_EXTRA = "assets.extra"
-EXTRA_FILES = (ONNX_FILE, CARD_FILE, LABELS_FILE, WARMUP_FILE)
+EXTRA_FILES = (ONNX_FILE, MODEL_CARD_FILE, LABELS_FILE, WARMUP_FILE)
 # Enough validation images to exercise the model without slowing the export down.
 PARITY_IMAGES = 32
 WARMUP_IMAGES = 8
@@ -97,7 +98,7 @@ def export_model(
     (extra / LABELS_FILE).write_text(labels_text(result.classes), encoding="utf-8")
     write_warmup_requests(extra / WARMUP_FILE, model_name, samples[:WARMUP_IMAGES])
     card = build_model_card(result, model_name, version, out_dir, difference, len(samples))
-    (extra / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    (extra / MODEL_CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return ExportReport(out_dir, onnx_path, difference, card)
 
 
@@ -148,7 +149,7 @@ def _served_probabilities(path: Path, images_bytes: Sequence[bytes]) -> np.ndarr
         served = serve(**{BYTES_INPUT: tf.constant(list(images_bytes), dtype=tf.string)})
     except (OSError, KeyError, ValueError, tf.errors.OpError) as exc:
         raise ExportError(f"the export at {path} cannot answer a request: {exc}") from exc
-    return np.asarray(served["probabilities"])
+    return np.asarray(served[PROBABILITIES])
 
 
 def _graph_predict(model: keras.Model, images: np.ndarray) -> np.ndarray:

@@ -22,12 +22,11 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-from exporter.signatures import TENSOR_INPUT
+from service.contract.signatures import PROBABILITIES, TENSOR_INPUT
 from service.errors import ExportError
 
 ONNX_OPSET = 17
-ONNX_FILE = "model.onnx"
-OUTPUT_NAME = "probabilities"
+OUTPUT_NAME = PROBABILITIES
 # Two float32 runtimes summing in different orders agree far more closely than this.
 PARITY_TOLERANCE = 1e-4
 

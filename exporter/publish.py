@@ -7,16 +7,14 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from exporter.card import CARD_FILE
 from exporter.export import (
-    ASSETS_EXTRA,
     WARMUP_IMAGES,
     ExportReport,
     export_model,
     validation_image_bytes,
     verify_export,
 )
-from exporter.repository import ModelRepository
+from service.contract.repository import ASSETS_EXTRA, MODEL_CARD_FILE, ModelRepository
 from service.training.trainer import TrainingResult
 
 
@@ -50,7 +48,7 @@ def publish_result(
 
     Nothing numeric appears in the repository unless every check passed. ``job_id`` is
     written into the model card before the rename, so a job that is retried after a crash
-    can tell whether its version already exists (``find_job_version``).
+    can tell whether its version already exists (``ModelRepository.find_job_version``).
     """
     name = model_name or result.config.model_name
     samples = validation_image_bytes(result, WARMUP_IMAGES)
@@ -74,22 +72,9 @@ def publish_result(
     )
 
 
-def find_job_version(repository: ModelRepository, model_name: str, job_id: str) -> int | None:
-    """The version of ``model_name`` that job ``job_id`` published, if any."""
-    for version in repository.versions(model_name):
-        card_path = repository.version_path(model_name, version) / ASSETS_EXTRA / CARD_FILE
-        try:
-            card = json.loads(card_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if card.get("job_id") == job_id:
-            return version
-    return None
-
-
 def _stamp_card(staging: Path, version: int, job_id: str | None) -> None:
     # The number is only known under the repository lock, just before the rename.
-    card_path = staging / ASSETS_EXTRA / CARD_FILE
+    card_path = staging / ASSETS_EXTRA / MODEL_CARD_FILE
     card = json.loads(card_path.read_text(encoding="utf-8"))
     card["version"] = version
     card["job_id"] = job_id

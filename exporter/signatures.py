@@ -1,7 +1,7 @@
 """The SavedModel a model server loads: two serving signatures around the trained classifier.
 
 ``serving_default`` takes encoded images (``image_bytes``, DT_STRING [-1]) and decodes and
-resizes them with ``service.training.pipeline.decode_and_resize``, the very function the
+resizes them with ``service.training.preprocessing.decode_and_resize``, the very function the
 training pipeline used, so a request's pixels match what the model learned on.
 ``serving_tensor`` takes float32 pixels (``images``, [-1, H, W, 3], 0–255). Both answer
 ``probabilities`` [-1, C], ``labels`` [-1, K] and ``label_scores`` [-1, K], K = min(5, C).
@@ -19,20 +19,18 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from service.training.pipeline import decode_and_resize
-
-SERVING_DEFAULT = "serving_default"
-SERVING_TENSOR = "serving_tensor"
-BYTES_INPUT = "image_bytes"
-TENSOR_INPUT = "images"
-OUTPUTS = ("probabilities", "labels", "label_scores")
-LABELS_FILE = "labels.txt"
-MAX_TOP_K = 5
-
-
-def top_k(num_classes: int) -> int:
-    """How many labels each prediction lists: min(5, number of classes)."""
-    return min(MAX_TOP_K, num_classes)
+from service.contract.repository import LABELS_FILE
+from service.contract.signatures import (
+    BYTES_INPUT,
+    LABEL_SCORES,
+    LABELS,
+    PROBABILITIES,
+    SERVING_DEFAULT,
+    SERVING_TENSOR,
+    TENSOR_INPUT,
+    top_k,
+)
+from service.training.preprocessing import decode_and_resize
 
 
 def labels_text(classes: Sequence[str]) -> str:
@@ -72,9 +70,9 @@ class ServingModule(tf.Module):
         probabilities = tf.cast(self.model(images, training=False), tf.float32)
         scores, indices = tf.math.top_k(probabilities, k=self.k)
         return {
-            "probabilities": probabilities,
-            "labels": tf.gather(self.class_names, indices),
-            "label_scores": scores,
+            PROBABILITIES: probabilities,
+            LABELS: tf.gather(self.class_names, indices),
+            LABEL_SCORES: scores,
         }
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:

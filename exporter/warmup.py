@@ -15,9 +15,8 @@ from pathlib import Path
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from exporter.signatures import BYTES_INPUT, SERVING_DEFAULT
+from service.contract.signatures import BYTES_INPUT, SERVING_DEFAULT
 
-WARMUP_FILE = "tf_serving_warmup_requests"
 WARMUP_BATCH_SIZES = (1, 8)
 
 

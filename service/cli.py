@@ -105,7 +105,7 @@ def _model_server(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from service.config import get_settings
-    from service.serve import Ports, serve
+    from service.stack import Ports, serve
 
     return serve(get_settings(), args.host, Ports(args.port, args.grpc_port, args.rest_port))
 
@@ -118,7 +118,7 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from service.jobs.worker import run_worker
+    from service.finetune.worker import run_worker
 
     return run_worker(args.worker_id, args.once, args.poll_seconds)
 
@@ -129,7 +129,7 @@ def _layer_ref(value: str) -> int | str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from service.training.command import run_train
+    from service.finetune.command import run_train
 
     return run_train(args)
 

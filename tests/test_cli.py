@@ -175,7 +175,7 @@ def test_train_on_a_single_class_is_rejected(tmp_path, env, shapes_dir):
 
 def test_train_flags_map_onto_the_training_config(tmp_path):
     from service.cli import _parser
-    from service.training.command import _config
+    from service.finetune.command import _config
 
     args = _parser().parse_args([
         "train", "--data", str(tmp_path), "--model-name", "m", "--learning-rate", "0.01",

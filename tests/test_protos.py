@@ -15,7 +15,9 @@ def proto_files() -> list[str]:
 
 
 def test_there_are_protos_to_check():
-    assert "service/model_server/server_config.proto" in proto_files()
+    found = proto_files()
+    assert "service/model_server/server_config.proto" in found
+    assert "service/contract/model_server_config.proto" in found
 
 
 def test_generated_modules_are_current(tmp_path: Path):

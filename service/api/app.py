@@ -24,9 +24,9 @@ from service.api.routes import finetune, health, models, predict
 from service.api.schemas import ErrorResponse, FinetuneFromFolder, PredictRequest
 from service.api.uploads import remove_stale_partials
 from service.config import Settings, get_settings
+from service.contract.train_config import TrainConfig
 from service.jobs.store import JobStore
-from service.serving.client import PredictClient
-from service.training.options import TrainConfig
+from service.model_client.client import PredictClient
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from service.api.metrics import ApiMetrics
 from service.config import Settings
 from service.errors import UnauthorizedError
 from service.jobs.store import JobStore
-from service.serving.client import PredictClient
+from service.model_client.client import PredictClient
 
 
 # The dependencies are coroutines although nothing in them awaits: FastAPI runs plain

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from service.contract.validation import describe_errors
 from service.errors import (
     FtserveError,
     ModelServerUnavailableError,
@@ -49,11 +50,7 @@ async def _ftserve_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error.get("loc", ())) or "request"
-        parts.append(f"{where}: {error.get('msg', 'invalid')}")
-    return error_response(UnprocessableError("invalid request: " + "; ".join(parts)))
+    return error_response(UnprocessableError(describe_errors(exc.errors(), "request")))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -6,8 +6,10 @@ from datetime import datetime
 from http import HTTPStatus
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from service.contract.names import MODEL_NAME_PATTERN
+from service.contract.train_config import TrainConfig
 from service.errors import (
     FtserveError,
     ModelServerUnavailableError,
@@ -15,7 +17,6 @@ from service.errors import (
     UnauthorizedError,
 )
 from service.jobs.records import Job, JobState
-from service.training.options import MODEL_NAME_PATTERN, TrainConfig
 
 MAX_TOP_K = 1000
 
@@ -67,15 +68,6 @@ def error_responses(*errors: type[FtserveError]) -> dict[int | str, dict[str, An
             entry["headers"] = headers
         responses[status] = entry
     return responses
-
-
-def describe_validation_error(exc: ValidationError, what: str) -> str:
-    """One line naming each invalid field, for an error message."""
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or what
-        parts.append(f"{where}: {error['msg']}")
-    return f"invalid {what}: " + "; ".join(parts)
 
 
 # -- fine-tuning jobs ------------------------------------------------------------------------

@@ -13,8 +13,8 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.jobs.models import IdempotencyRow
 from service.jobs.records import IdempotencyRecord
+from service.jobs.tables import IdempotencyRow
 
 ACCEPTING = "accepting"
 DONE = "done"

@@ -8,8 +8,8 @@ from sqlalchemy import ColumnElement, Connection, Select, func, select
 from sqlalchemy.orm import Session
 
 from service.errors import JobNotFoundError
-from service.jobs.models import JobRow
 from service.jobs.records import JobState, LeaseLostError
+from service.jobs.tables import JobRow
 
 # First keys of Postgres advisory locks; the second is the schema's hash, so that two
 # installations sharing a database do not wait on each other.

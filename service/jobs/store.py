@@ -27,7 +27,6 @@ from service.errors import JobFinishedError, QueueFullError
 from service.jobs import queries
 from service.jobs.engine import create_store_engines, is_sqlite
 from service.jobs.idempotency import IdempotencyKeys
-from service.jobs.models import Base, JobRow
 from service.jobs.records import (
     FINAL_STATES,
     IdempotencyRecord,
@@ -35,6 +34,7 @@ from service.jobs.records import (
     JobState,
     LeaseLostError,
 )
+from service.jobs.tables import Base, JobRow
 
 if TYPE_CHECKING:
     from service.config import Settings

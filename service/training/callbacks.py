@@ -1,8 +1,9 @@
 """Keras callbacks that connect a training run to whoever is watching it.
 
 The worker (and ``ftserve train``) pass plain callables; these adapt them to Keras:
-progress with an ETA, a cancellation check after every batch, and keeping the best
-weights across the fine-tuning phase.
+progress with an ETA, a cancellation check after every batch, the per-epoch history that
+goes into the job and the model card, and keeping the best weights across the fine-tuning
+phase.
 """
 
 from __future__ import annotations
@@ -89,6 +90,18 @@ class CancelCallback(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self.should_cancel():
             raise TrainingCancelledError("training was cancelled")
+
+
+class HistoryCallback(keras.callbacks.Callback):
+    """Appends each epoch's scalar metrics, tagged with the phase, to ``history``."""
+
+    def __init__(self, history: list[dict[str, object]], phase: str) -> None:
+        super().__init__()
+        self.history, self.phase = history, phase
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        metrics = {k: round(float(v), 6) for k, v in (logs or {}).items() if np.ndim(v) == 0}
+        self.history.append({"phase": self.phase, "epoch": epoch + 1, **metrics})
 
 
 class KeepBest(keras.callbacks.Callback):

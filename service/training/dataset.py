@@ -8,29 +8,20 @@ also allowed in sub-folders of a class and one extra top-level folder around the
 from __future__ import annotations
 
 import hashlib
-import io
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from service.config import Settings
 from service.errors import DatasetError
-from service.training.archive import extract_archive
+from service.ingest.archive import extract_archive
+from service.ingest.images import BombHeaderError, UnreadableHeaderError, image_kind, read_header
 
 JUNK_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 JUNK_DIRS = frozenset({"__MACOSX"})
-_SIGNATURES = {
-    b"\xff\xd8\xff": "JPEG",
-    b"\x89PNG\r\n\x1a\n": "PNG",
-    b"GIF87a": "GIF",
-    b"GIF89a": "GIF",
-    b"BM": "BMP",
-}
 
 
 @dataclass(frozen=True)
@@ -152,29 +143,21 @@ def validate_image(data: bytes, max_pixels: int) -> str | None:
     The full decode uses the same function as the input pipeline, so an image that
     passes here cannot fail mid-epoch.
     """
-    kind = next((k for sig, k in _SIGNATURES.items() if data.startswith(sig)), None)
+    kind = image_kind(data)
     if kind is None:
         return "not a JPEG, PNG, GIF or BMP image"
     try:
-        width, height = _header_size(data)
-    except Image.DecompressionBombError:
+        _, width, height = read_header(data, kind)
+    except BombHeaderError:
         return f"{kind} is over the decompression-bomb pixel limit"
-    except (OSError, ValueError, SyntaxError):
-        return f"unreadable {kind} header"
+    except UnreadableHeaderError as exc:
+        return str(exc)
     if width * height > max_pixels:
         return f"{kind} is {width}x{height}, over the {max_pixels}-pixel limit"
-    from service.training.pipeline import decode_error
+    from service.training.preprocessing import decode_error
 
     error = decode_error(data)
     return None if error is None else f"cannot decode {kind}: {error}"
-
-
-def _header_size(data: bytes) -> tuple[int, int]:
-    """Width and height from the header alone: Pillow opens lazily and decodes nothing."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(data)) as image:
-            return image.size
 
 
 def _require_usable(class_counts: dict[str, int], min_per_class: int) -> None:

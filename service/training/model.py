@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
+from service.contract.train_config import AugmentationConfig, TrainConfig
 from service.errors import InvalidConfigError
 from service.training.backbones import Backbone, BackbonePreprocessing
-from service.training.options import AugmentationConfig, TrainConfig
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The tf.data input pipeline, and the one decode/resize function training and serving share.
+"""The tf.data input pipeline (decoding itself is ``preprocessing``'s, shared with serving).
 
 Files are read and decoded in parallel, cached once decoded (in memory when they fit the
 budget, else in a file cache in the job folder), shuffled, batched and prefetched. On an
@@ -15,35 +15,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from service.training.preprocessing import decode_and_resize
+
 AUTOTUNE = tf.data.AUTOTUNE
 # Decoded images waiting in the shuffle buffer; the file order is already shuffled once
 # (see stratified_split), so a modest buffer mixes classes well.
 _SHUFFLE_IMAGES = 256
-
-
-def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
-    """JPEG, PNG, GIF (first frame) or BMP bytes → uint8 RGB [height, width, 3]."""
-    return tf.io.decode_image(image_bytes, channels=3, expand_animations=False, dtype=tf.uint8)
-
-
-def decode_and_resize(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Image bytes → float32 [image_size, image_size, 3] with pixel values in 0–255.
-
-    This is the train/serve contract: the exported serving signature calls this very
-    function on request bytes, so a model sees the same pixels in both places.
-    """
-    image = decode_image(image_bytes)
-    resized = tf.image.resize(image, (image_size, image_size), method="bilinear", antialias=True)
-    return tf.clip_by_value(resized, 0.0, 255.0)
-
-
-def decode_error(data: bytes) -> str | None:
-    """Why TensorFlow cannot decode these bytes, or None when it can."""
-    try:
-        decode_image(tf.constant(data))
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
-        return exc.message.splitlines()[0] if exc.message else type(exc).__name__
-    return None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import keras
 import tensorflow as tf
 
-from service.training.options import TrainConfig
+from service.contract.train_config import TrainConfig
 
 
 @dataclass(frozen=True)

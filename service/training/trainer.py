@@ -21,11 +21,13 @@ import keras
 import numpy as np
 
 from service.config import Settings
+from service.contract.train_config import TrainConfig
 from service.errors import DatasetError, TrainingCancelledError
 from service.training.backbones import ResolvedWeights, build_base, get_backbone, resolve_weights
 from service.training.callbacks import (
     CancelCallback,
     CancelFn,
+    HistoryCallback,
     KeepBest,
     Progress,
     ProgressCallback,
@@ -34,7 +36,6 @@ from service.training.callbacks import (
 from service.training.dataset import DatasetIndex, open_dataset, stratified_split
 from service.training.evaluation import evaluate
 from service.training.model import Classifier, build_classifier, fine_tune_start, unfreeze_from
-from service.training.options import TrainConfig
 from service.training.pipeline import (
     PipelineOptions,
     array_dataset,
@@ -55,7 +56,7 @@ class Hooks:
     should_cancel: CancelFn | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainingResult:
     classifier: Classifier
     config: TrainConfig
@@ -129,7 +130,7 @@ class _Run:
     def callbacks(
         self, phase: str, epochs: int, steps: int, *, backup: bool = True
     ) -> list[keras.callbacks.Callback]:
-        found: list[keras.callbacks.Callback] = [_HistoryCallback(self.history, phase)]
+        found: list[keras.callbacks.Callback] = [HistoryCallback(self.history, phase)]
         if backup:
             found.append(keras.callbacks.BackupAndRestore(str(self.work_dir / "backup" / phase)))
         if self.hooks.progress:
@@ -153,16 +154,6 @@ class _Run:
             ],
             jit_compile=self.rt.jit_compile,
         )
-
-
-class _HistoryCallback(keras.callbacks.Callback):
-    def __init__(self, history: list[dict[str, object]], phase: str) -> None:
-        super().__init__()
-        self.history, self.phase = history, phase
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        metrics = {k: round(float(v), 6) for k, v in (logs or {}).items() if np.ndim(v) == 0}
-        self.history.append({"phase": self.phase, "epoch": epoch + 1, **metrics})
 
 
 def train(
@@ -220,19 +211,19 @@ def train(
         probabilities = _predict_validation(classifier, data, fast and fine_tune is None)
         evaluation = evaluate(probabilities, data.val_labels, index.classes)
     return TrainingResult(
-        classifier,
-        config,
-        image_size,
-        weights,
-        index,
-        {"train": len(train_idx), "validation": len(val_idx)},
-        rt.describe(),
-        fast,
-        run.history,
-        fine_tune,
-        evaluation,
-        run.timings,
-        tuple(Path(p) for p in data.val_paths),
+        classifier=classifier,
+        config=config,
+        image_size=image_size,
+        weights=weights,
+        dataset=index,
+        split={"train": len(train_idx), "validation": len(val_idx)},
+        runtime=rt.describe(),
+        used_feature_cache=fast,
+        history=run.history,
+        fine_tune=fine_tune,
+        evaluation=evaluation,
+        timings=run.timings,
+        validation_paths=tuple(Path(p) for p in data.val_paths),
     )
 
 

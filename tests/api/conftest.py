@@ -2,7 +2,7 @@
 
 No worker runs: submitted jobs stay queued unless a test claims them through the store. The
 model server is ``ftserve model-server`` on loopback serving the session's exported model
-(``template``, from ``tests/conftest.py``), one process per test module that asks for it.
+(``template``, from ``tests/support/trained.py``), one process per test module that asks for it.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from starlette.exceptions import StarletteDeprecationWarning
 from service.api.app import create_app
 from service.config import Settings
 from service.jobs.store import JobStore
-from tests.model_server.conftest import (
+from tests.support.servers import (
     FTSERVE,
     ServerProcess,
-    Template,
     add_version,
     free_port,
     repo_flags,
 )
+from tests.support.trained import Template
 
 with warnings.catch_warnings():
     # Starlette 1.x asks for httpx2 behind its TestClient; this project depends on httpx,

@@ -14,9 +14,9 @@ import pytest
 
 from service.api.app import create_app
 from service.jobs.store import JobStore
-from service.serving.client import PredictClient
+from service.model_client.client import PredictClient
 from tests.api.conftest import TestClient, error_of, make_settings
-from tests.model_server.conftest import free_port
+from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,7 @@ import json, sys, tempfile
 from pathlib import Path
 from service.api.app import create_app
 from service.jobs.store import JobStore
-from service.serving.client import PredictClient
+from service.model_client.client import PredictClient
 from service.api import server  # noqa: F401
 from service.config import Settings
 root = Path(tempfile.mkdtemp())

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.api.conftest import MakeClient, TestClient, closed_address, error_of
-from tests.conftest import Template
-from tests.model_server.conftest import MODEL, add_version
+from tests.support.servers import MODEL, add_version
+from tests.support.trained import Template
 
 ONNX = Path("assets.extra/model.onnx")
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from tests.api.conftest import MakeClient, TestClient, closed_address, error_of
-from tests.conftest import Template
-from tests.model_server.conftest import MODEL, image_request, outputs
+from tests.support.servers import MODEL
+from tests.support.trained import Template
 
 CLASSES = 3
 
@@ -28,7 +28,7 @@ def instances(*images: bytes) -> list[dict[str, str]]:
 def expected_predictions(model_server, images: list[bytes], k: int) -> list[dict]:
     """What the official stubs get from the model server, in the API's shape."""
     process, _ = model_server
-    answer = outputs(process.predict_stub.Predict(image_request(images), timeout=30))
+    _, answer = process.predict(images)
     predictions = []
     for labels, scores in zip(answer["labels"], answer["label_scores"], strict=True):
         top = [
@@ -184,7 +184,7 @@ def test_predictions_match_the_models_own_probabilities(
     """The top label is the arg-max of the model's probabilities for each image."""
     images = [template.image(i) for i in range(4)]
     process, _ = model_server
-    answer = outputs(process.predict_stub.Predict(image_request(images), timeout=30))
+    _, answer = process.predict(images)
     response = served_client.post(
         "/predict", json={"model": MODEL, "instances": instances(*images)}
     )

@@ -15,16 +15,15 @@ import httpx
 import pytest
 
 from service.config import Settings
-from service.jobs import JobState, JobStore
-from service.jobs.worker import Worker
+from service.jobs import JobState
 from service.training.sample_data import make_shapes_dataset
-from tests.model_server.conftest import free_port
+from tests.support.servers import ROOT, free_port, tf_python
 
 CONFIG = {"model_name": "shapes", "base_model": "small_cnn", "weights": "none", "epochs": 1}
 
 
-def start_api(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {
+def environment(settings: Settings) -> dict[str, str]:
+    return {
         **os.environ,
         "FTSERVE_DATA_ROOT": str(settings.data_root),
         "FTSERVE_WORK_DIR": str(settings.work_dir),
@@ -32,9 +31,14 @@ def start_api(settings: Settings, port: int, log: Path) -> subprocess.Popen[byte
         "FTSERVE_DATABASE_URL": str(settings.database_url),
         "FTSERVE_MODEL_SERVER": f"127.0.0.1:{free_port()}",  # none: not needed here
     }
+
+
+def start_api(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "service.cli", "api", f"--port={port}"]
     with open(log, "ab") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, env=environment(settings), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert process.poll() is None, log.read_text()
@@ -72,11 +76,15 @@ def test_a_killed_and_restarted_api_has_lost_no_job(settings: Settings, tmp_path
         listed = httpx.get(f"http://127.0.0.1:{port}/finetune", timeout=10).json()
         assert listed["total"] == 1
 
-        store = JobStore.from_settings(settings)
-        try:
-            Worker(store, settings, "after-restart").run(once=True)
-        finally:
-            store.close()
+        worker = subprocess.run(
+            [tf_python(), "-m", "service.cli", "worker", "--once", "--worker-id=after-restart"],
+            env=environment(settings),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert worker.returncode == 0, worker.stderr[-4000:]
         done = httpx.get(f"http://127.0.0.1:{port}/finetune/{job_id}", timeout=10).json()
         assert done["status"] == JobState.SUCCEEDED, done["error"]
         assert done["result"]["version"] == 1

@@ -10,8 +10,8 @@ from google.protobuf import text_format
 
 from service.api.server import GRACEFUL_SHUTDOWN_SECONDS
 from service.config import Settings
-from service.jobs.models import JobRow
 from service.jobs.records import JobState
+from service.jobs.tables import JobRow
 from service.model_server.options import ServerOptions, parse_options
 from service.model_server.server_config_pb2 import BatchingParameters, MonitoringConfig
 from tests.deploy.manifests import (

@@ -12,17 +12,23 @@ import onnx
 import pytest
 import tensorflow as tf
 
-from exporter.card import CARD_FILE
 from exporter.export import (
-    ASSETS_EXTRA,
     ExportReport,
     decode_batch,
     export_model,
     verify_export,
 )
 from exporter.onnx_export import ONNX_OPSET, check_parity, compute_dtypes, export_onnx
-from exporter.signatures import LABELS_FILE, save_saved_model
-from exporter.warmup import WARMUP_FILE, read_warmup_requests
+from exporter.signatures import save_saved_model
+from exporter.warmup import read_warmup_requests
+from service.contract.repository import (
+    ASSETS_EXTRA,
+    LABELS_FILE,
+    MODEL_CARD_FILE,
+    ONNX_FILE,
+    WARMUP_FILE,
+)
+from service.contract.train_config import TrainConfig
 from service.errors import ExportError
 from service.training.backbones import (
     BackbonePreprocessing,
@@ -31,7 +37,6 @@ from service.training.backbones import (
     get_backbone,
 )
 from service.training.model import build_classifier
-from service.training.options import TrainConfig
 from service.training.runtime import dtype_policy
 from service.training.sample_data import make_shapes_dataset
 from service.training.trainer import TrainingResult
@@ -163,7 +168,7 @@ def test_warmup_requests_replay_against_the_saved_model(report, served, result):
 
 
 def test_model_card_holds_every_field(report, result):
-    card = json.loads((report.saved_model_path / ASSETS_EXTRA / CARD_FILE).read_text())
+    card = json.loads((report.saved_model_path / ASSETS_EXTRA / MODEL_CARD_FILE).read_text())
 
     assert card == report.card
     assert card["name"] == "shapes" and card["version"] == 3
@@ -237,7 +242,7 @@ def test_verify_export_rejects_a_different_model(report, result, fresh_files):
 
 def test_verify_export_rejects_a_version_missing_its_onnx_file(report, result, tmp_path):
     copy = shutil.copytree(report.saved_model_path, tmp_path / "copy")
-    (copy / ASSETS_EXTRA / "model.onnx").unlink()
+    (copy / ASSETS_EXTRA / ONNX_FILE).unlink()
 
     with pytest.raises(ExportError, match=r"model\.onnx"):
         verify_export(copy, result.classifier.model, [b"unused"])
@@ -269,10 +274,10 @@ def test_mixed_precision_models_export_a_float32_onnx_graph_within_tolerance(
     assert compute_dtypes(model) > {"float32"}
     pixels = decode_batch([path.read_bytes() for path in fresh_files], IMAGE_SIZE)
 
-    difference = export_onnx(model, IMAGE_SIZE, tmp_path / "model.onnx", pixels)
+    difference = export_onnx(model, IMAGE_SIZE, tmp_path / ONNX_FILE, pixels)
 
     assert difference <= 1e-4
-    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    graph = onnx.load(str(tmp_path / ONNX_FILE)).graph
     assert not {t.data_type for t in graph.initializer} & _LOW_PRECISION
     casts = {a.i for n in graph.node if n.op_type == "Cast" for a in n.attribute if a.name == "to"}
     assert not casts & _LOW_PRECISION
@@ -283,7 +288,7 @@ def test_verify_export_accepts_a_mixed_precision_model_it_was_saved_from(fresh_f
     model = _untrained_classifier("mixed_float16")
     save_saved_model(model, ("circle", "square", "triangle"), IMAGE_SIZE, tmp_path)
     (tmp_path / ASSETS_EXTRA).mkdir()
-    for name in ("model.onnx", CARD_FILE, LABELS_FILE, WARMUP_FILE):
+    for name in (ONNX_FILE, MODEL_CARD_FILE, LABELS_FILE, WARMUP_FILE):
         (tmp_path / ASSETS_EXTRA / name).write_bytes(b"")
 
     images_bytes = [path.read_bytes() for path in fresh_files]

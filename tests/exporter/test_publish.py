@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from exporter.publish import find_job_version, publish_result
-from exporter.repository import ModelRepository
+from exporter.publish import publish_result
+from service.contract.repository import ModelRepository
 from service.errors import ExportError
 
 
@@ -61,8 +61,8 @@ def test_the_job_id_in_the_card_finds_the_version_a_job_published(result, tmp_pa
     second = publish_result(result, repository, job_id="job-b")
 
     assert (first.version, second.version) == (1, 2)
-    assert find_job_version(repository, "shapes", "job-b") == 2
-    assert find_job_version(repository, "shapes", "job-a") == 1
-    assert find_job_version(repository, "shapes", "job-c") is None
+    assert repository.find_job_version("shapes", "job-b") == 2
+    assert repository.find_job_version("shapes", "job-a") == 1
+    assert repository.find_job_version("shapes", "job-c") is None
     card = json.loads((second.path / "assets.extra" / "model_card.json").read_text())
     assert card["job_id"] == "job-b"

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import create_engine, update
 
 from service.jobs import JobStore
-from service.jobs.models import JobRow
+from service.jobs.tables import JobRow
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 POSTGRES_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from service.training.dataset import scan_dataset
-from service.training.pipeline import decode_and_resize
+from service.training.preprocessing import decode_and_resize
 from service.training.pretrain import pretrain_base, save_base_weights
 
 

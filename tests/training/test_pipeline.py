@@ -8,14 +8,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from service.training.pipeline import (
-    PipelineOptions,
-    array_dataset,
-    decode_and_resize,
-    decode_error,
-    feature_store,
-    image_dataset,
-)
+from service.training.pipeline import PipelineOptions, array_dataset, feature_store, image_dataset
+from service.training.preprocessing import decode_and_resize, decode_error
 from tests.training.images import image_bytes, write_image
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from service.contract.train_config import AugmentationConfig, TrainConfig
 from service.errors import InvalidConfigError, TrainingCancelledError, WeightsUnavailableError
 from service.training.callbacks import KeepBest
-from service.training.options import AugmentationConfig, TrainConfig
 from service.training.runtime import Runtime
 from service.training.trainer import (
     PHASE1_WEIGHTS,

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 
+from service.contract.train_config import TrainConfig
 from service.training.backbones import (
     BackbonePreprocessing,
     ResolvedWeights,
@@ -21,7 +22,6 @@ from service.training.backbones import (
     get_backbone,
 )
 from service.training.dataset import scan_dataset
-from service.training.options import TrainConfig
 from service.training.pretrain import pretrain_base, save_base_weights
 from service.training.sample_data import make_digits_dataset
 from service.training.trainer import train

@@ -11,13 +11,13 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from service.api.deps import JobStoreDep, MetricsDep, SettingsDep
 from service.api.events import job_events
+from service.api.finetune import accept_finetune
 from service.api.schemas import (
     FinetuneAccepted,
     JobList,
     JobView,
     error_responses,
 )
-from service.api.submissions import accept_finetune
 from service.errors import (
     ArchiveLimitError,
     BadRequestError,

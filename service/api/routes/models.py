@@ -8,24 +8,25 @@ from fastapi import APIRouter, Depends, Path
 from fastapi.responses import FileResponse
 
 from service.api.deps import PredictClientDep, SettingsDep
-from service.api.models_repo import ModelRepositoryView, describe_model, onnx_file
-from service.api.schemas import ModelDetail, ModelList, ModelSummary, error_responses
+from service.api.models import describe_model, list_models, onnx_path
+from service.api.schemas import ModelDetail, ModelList, error_responses
+from service.contract.names import MODEL_NAME_PATTERN
+from service.contract.repository import ModelRepository
 from service.errors import (
     InvalidModelNameError,
     ModelNotFoundError,
     UnauthorizedError,
     UnprocessableError,
 )
-from service.training.options import MODEL_NAME_PATTERN
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
-def get_repository(settings: SettingsDep) -> ModelRepositoryView:
-    return ModelRepositoryView(settings.model_repo)
+def get_repository(settings: SettingsDep) -> ModelRepository:
+    return ModelRepository(settings.model_repo)
 
 
-RepositoryDep = Annotated[ModelRepositoryView, Depends(get_repository)]
+RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
 # The pattern is documented, not enforced by FastAPI: check_model_name answers a mismatch
 # with 400 invalid_model_name rather than a generic 422.
 ModelName = Annotated[
@@ -40,11 +41,8 @@ ModelName = Annotated[
     summary="Models in the repository and their versions",
     responses=error_responses(UnauthorizedError),
 )
-def list_models(repository: RepositoryDep) -> ModelList:
-    models = repository.models()
-    return ModelList(
-        models=[ModelSummary(name=name, versions=versions) for name, versions in models.items()]
-    )
+def get_models(repository: RepositoryDep) -> ModelList:
+    return ModelList(models=list_models(repository))
 
 
 @router.get(
@@ -78,8 +76,6 @@ async def get_model(
 def download_onnx(
     name: ModelName, version: Annotated[int, Path(ge=1)], repository: RepositoryDep
 ) -> FileResponse:
-    path = onnx_file(repository.version_path(name, version))
-    if path is None:
-        raise ModelNotFoundError(f"Version {version} of model {name!r} has no ONNX file")
+    path = onnx_path(repository, name, version)
     filename = f"{name}-{version}.onnx"
     return FileResponse(path, media_type="application/octet-stream", filename=filename)

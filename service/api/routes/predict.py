@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from service.api.deps import PredictClientDep, SettingsDep
-from service.api.models_repo import ModelRepositoryView
-from service.api.prediction import FILES_FIELD, predict, read_predict_request
+from service.api.predict import FILES_FIELD, predict, read_predict_request
 from service.api.schemas import MAX_TOP_K, PredictResponse, error_responses
-from service.config import Settings
+from service.contract.names import MODEL_NAME_PATTERN
+from service.contract.repository import ModelRepository
 from service.errors import (
     BadRequestError,
     InvalidBase64Error,
@@ -25,7 +25,6 @@ from service.errors import (
     UnprocessableError,
     UnsupportedMediaTypeError,
 )
-from service.training.options import MODEL_NAME_PATTERN
 
 router = APIRouter(tags=["predict"])
 
@@ -87,32 +86,4 @@ async def predict_images(
 ) -> PredictResponse:
     """JSON ``{"model", "instances": [{"b64": ...}]}`` (TF Serving's REST form) or multipart."""
     options, images = await read_predict_request(request, settings)
-    try:
-        return await predict(client, options, images)
-    except ModelNotFoundError as exc:
-        if options.label is not None:  # an unknown label is the user's mistake: keep the 404
-            raise
-        not_loaded = _not_loaded_yet(settings, options.model, options.version)
-        if not_loaded is None:
-            raise
-        raise not_loaded from exc
-
-
-def _not_loaded_yet(
-    settings: Settings, model: str, version: int | None
-) -> ModelServerUnavailableError | None:
-    """A published version the model server has not picked up yet is a 503, not a 404.
-
-    Publishing and serving are decoupled: the model server polls the repository, so a job
-    can succeed a few seconds before its version serves. Retrying then is the right advice.
-    """
-    try:
-        published = ModelRepositoryView(settings.model_repo).versions(model)
-    except ModelNotFoundError:
-        return None
-    if version is None or version in published:
-        wanted = f"version {version}" if version is not None else "its latest version"
-        return ModelServerUnavailableError(
-            f"Model {model!r} is published but the model server has not loaded {wanted} yet"
-        )
-    return None
+    return await predict(client, options, images, ModelRepository(settings.model_repo))

@@ -1,0 +1,240 @@
+"""``POST /predict``: read images from JSON (base64) or multipart, ask the model server, rank.
+
+Encoded images go to the model's ``serving_default`` signature as they came; decoding and
+resizing happen inside the model. The limits (``predict_max_instances``,
+``predict_max_bytes``) are applied while reading, before anything is sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import ValidationError
+from starlette.requests import Request
+
+from service.api.schemas import (
+    Instance,
+    LabelScore,
+    Prediction,
+    PredictOptions,
+    PredictRequest,
+    PredictResponse,
+)
+from service.api.uploads import (
+    FieldSink,
+    PartInfo,
+    PartSink,
+    read_json,
+    read_multipart,
+    require_media_type,
+)
+from service.config import Settings
+from service.contract.names import check_model_name
+from service.contract.repository import ModelRepository
+from service.contract.signatures import LABEL_SCORES, LABELS, PROBABILITIES
+from service.contract.validation import describe_errors
+from service.errors import (
+    BadRequestError,
+    FtserveError,
+    InvalidBase64Error,
+    ModelNotFoundError,
+    ModelServerUnavailableError,
+    TooManyInstancesError,
+    UnprocessableError,
+)
+from service.model_client.client import PredictClient
+
+JSON = "application/json"
+MULTIPART = "multipart/form-data"
+FILES_FIELD = "files"
+_OPTION_FIELDS = ("model", "version", "label", "top_k")
+_OPTION_MAX_BYTES = 1024
+_URLSAFE = str.maketrans("-_", "+/")
+
+
+@dataclass
+class ImageBudget:
+    """Counts images and their bytes against the settings' limits as they are read."""
+
+    max_instances: int
+    max_bytes: int
+    count: int = 0
+    size: int = 0
+
+    def add_image(self) -> None:
+        self.count += 1
+        if self.count > self.max_instances:
+            raise TooManyInstancesError(
+                f"Send at most {self.max_instances} images per request (predict_max_instances)"
+            )
+
+    def add_bytes(self, size: int) -> None:
+        self.size += size
+        if self.size > self.max_bytes:
+            raise TooManyInstancesError(
+                f"Send at most {self.max_bytes} bytes of images per request (predict_max_bytes)"
+            )
+
+
+@dataclass
+class _ImageSink:
+    budget: ImageBudget
+    data: bytearray = field(default_factory=bytearray)
+
+    def write(self, data: bytes) -> None:
+        self.budget.add_bytes(len(data))
+        self.data += data
+
+    def close(self) -> None:
+        pass
+
+
+async def read_predict_request(
+    request: Request, settings: Settings
+) -> tuple[PredictOptions, list[bytes]]:
+    """The options and the encoded images of a JSON or multipart ``/predict`` request."""
+    budget = ImageBudget(settings.predict_max_instances, settings.predict_max_bytes)
+    if require_media_type(request, JSON, MULTIPART) == JSON:
+        options, images = await _read_json(request, budget)
+    else:
+        options, images = await _read_multipart(request, budget)
+    check_model_name(options.model)
+    if options.version is not None and options.label is not None:
+        raise BadRequestError("Ask for a version or a label, not both")
+    return options, images
+
+
+async def predict(
+    client: PredictClient,
+    options: PredictOptions,
+    images: list[bytes],
+    repository: ModelRepository,
+) -> PredictResponse:
+    """Run the model on ``images`` and rank each answer's labels.
+
+    A version that is published but not loaded yet answers 503, not 404 (``_not_loaded_yet``).
+    """
+    try:
+        result = await client.predict_images(
+            options.model, images, version=options.version, label=options.label
+        )
+    except ModelNotFoundError as exc:
+        if options.label is not None:  # an unknown label is the user's mistake: keep the 404
+            raise
+        not_loaded = _not_loaded_yet(repository, options.model, options.version)
+        if not_loaded is None:
+            raise
+        raise not_loaded from exc
+    return PredictResponse(
+        model=result.model,
+        version=result.version,
+        predictions=rank(result.outputs, options.top_k),
+    )
+
+
+def _not_loaded_yet(
+    repository: ModelRepository, model: str, version: int | None
+) -> ModelServerUnavailableError | None:
+    """A published version the model server has not picked up yet is a 503, not a 404.
+
+    Publishing and serving are decoupled: the model server polls the repository, so a job
+    can succeed a few seconds before its version serves. Retrying then is the right advice.
+    """
+    published = repository.versions(model)
+    if published and (version is None or version in published):
+        wanted = f"version {version}" if version is not None else "its latest version"
+        return ModelServerUnavailableError(
+            f"Model {model!r} is published but the model server has not loaded {wanted} yet"
+        )
+    return None
+
+
+def rank(outputs: dict[str, np.ndarray], top_k: int) -> list[Prediction]:
+    """One prediction per image from the signature's outputs, with at most ``top_k`` labels.
+
+    ftserve's models answer ``labels`` and ``label_scores`` ([N, K], best first); other
+    models' ``probabilities`` are ranked here, labelled by class index.
+    """
+    labels, scores = _ranked_labels(outputs)
+    k = min(top_k, labels.shape[1])
+    predictions = []
+    for row_labels, row_scores in zip(labels, scores, strict=True):
+        ranked = [
+            LabelScore(label=str(label), score=float(score))
+            for label, score in zip(row_labels[:k], row_scores[:k], strict=True)
+        ]
+        if not ranked:
+            raise FtserveError("The model answered with no labels")
+        predictions.append(Prediction(label=ranked[0].label, score=ranked[0].score, top_k=ranked))
+    return predictions
+
+
+def _ranked_labels(outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    if LABELS in outputs and LABEL_SCORES in outputs:
+        decode = np.vectorize(_text, otypes=[object])
+        return decode(outputs[LABELS]), outputs[LABEL_SCORES]
+    if PROBABILITIES in outputs:
+        probabilities = outputs[PROBABILITIES]
+        order = np.argsort(-probabilities, axis=1, kind="stable")
+        return order.astype(str), np.take_along_axis(probabilities, order, axis=1)
+    raise FtserveError("The model answered without labels or probabilities")
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+async def _read_json(request: Request, budget: ImageBudget) -> tuple[PredictOptions, list[bytes]]:
+    # Base64 is 4/3 of the bytes; JSON may escape "/" as "\/". Twice the limit is generous.
+    body = await read_json(request, 2 * budget.max_bytes + 1024**2, TooManyInstancesError)
+    try:
+        parsed = PredictRequest.model_validate(body)
+    except ValidationError as exc:
+        raise UnprocessableError(describe_errors(exc.errors(), "request")) from exc
+    options = PredictOptions.model_validate(parsed.model_dump(exclude={"instances"}))
+    return options, decode_instances(parsed.instances, budget)
+
+
+def decode_instances(instances: list[Instance], budget: ImageBudget) -> list[bytes]:
+    """The images of TF Serving style ``{"b64": ...}`` instances, standard or URL-safe base64."""
+    for _ in instances:
+        budget.add_image()
+    images = []
+    for index, instance in enumerate(instances):
+        text = instance.b64.translate(_URLSAFE)
+        try:
+            image = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidBase64Error(f"instances[{index}].b64 is not valid base64") from exc
+        budget.add_bytes(len(image))
+        images.append(image)
+    return images
+
+
+async def _read_multipart(
+    request: Request, budget: ImageBudget
+) -> tuple[PredictOptions, list[bytes]]:
+    fields = {name: FieldSink(name, _OPTION_MAX_BYTES) for name in _OPTION_FIELDS}
+    images: list[_ImageSink] = []
+
+    def open_part(part: PartInfo) -> PartSink:
+        if part.name == FILES_FIELD:
+            budget.add_image()
+            images.append(_ImageSink(budget))
+            return images[-1]
+        if part.name in fields:
+            return fields[part.name].open()
+        raise BadRequestError(f"Unexpected form field {part.name!r}")
+
+    await read_multipart(request, open_part)
+    values = {name: sink.text() for name, sink in fields.items() if sink.seen}
+    try:
+        options = PredictOptions.model_validate(values)
+    except ValidationError as exc:
+        raise UnprocessableError(describe_errors(exc.errors(), "form")) from exc
+    if not images:
+        raise UnprocessableError(f"Send at least one image as form field {FILES_FIELD!r}")
+    return options, [bytes(sink.data) for sink in images]

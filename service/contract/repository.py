@@ -1,0 +1,310 @@
+"""The model repository TensorFlow Serving reads: ``<repo>/<model>/<version>/``.
+
+The hand-off between training and serving, and the one place its layout is spelled out.
+A version directory appears only by one ``os.rename`` of a fully written, fsynced and
+verified staging directory, so the server never sees half a model, and a published
+version is never rewritten. ``<repo>/models.config`` lists the models for the server; it is
+rendered with the project's own copy of ``ModelServerConfig`` (``protos/service/contract/``),
+so the API, which has no tensorflow-serving-api, reads and writes the same repository.
+
+Each version holds ``assets.extra/`` with ``model.onnx``, ``model_card.json``, ``labels.txt``
+and ``tf_serving_warmup_requests``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+
+from service.contract.model_server_config_pb2 import ModelServerConfig
+from service.contract.names import check_model_name, is_model_name
+
+# Inside each version: TF Serving reads assets.extra/ as files that are not the model.
+ASSETS_EXTRA = "assets.extra"
+ONNX_FILE = "model.onnx"
+MODEL_CARD_FILE = "model_card.json"
+LABELS_FILE = "labels.txt"
+WARMUP_FILE = "tf_serving_warmup_requests"  # TF Serving's name: it replays these at load
+STAGING_PREFIX = ".staging-"
+CONFIG_NAME = "models.config"
+_CONFIG_TMP_PREFIX = ".models.config.tmp-"
+_NUMBER = re.compile(r"[0-9]+")
+# What rename(2) says when the target version already exists: another publisher won it.
+_TAKEN = {errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR}
+# Serialises config rewrites between threads of this process; flock covers other processes.
+_PROCESS_LOCK = threading.Lock()
+
+
+class ModelRepository:
+    """Versioned SavedModels under ``root``, published atomically.
+
+    Args:
+        root: the repository directory; created on first write.
+        base_path_prefix: where the server sees ``root`` (e.g. ``/models`` inside its
+            container); ``None`` writes the local absolute path.
+        num_versions: how many of the latest versions the server keeps loaded.
+    """
+
+    def __init__(
+        self, root: Path, base_path_prefix: str | None = None, num_versions: int = 1
+    ) -> None:
+        if num_versions < 1:
+            raise ValueError(f"num_versions must be at least 1, got {num_versions}")
+        self.root = Path(root).absolute()
+        self.base_path_prefix = base_path_prefix
+        self.num_versions = num_versions
+        self.config_path = self.root / CONFIG_NAME
+
+    def model_dir(self, model: str) -> Path:
+        """The directory holding every version of ``model``."""
+        return self.root / check_model_name(model)
+
+    def version_path(self, model: str, version: int) -> Path:
+        """The directory of one version, whether or not it exists."""
+        if version < 1:
+            raise ValueError(f"versions are positive integers, got {version}")
+        return self.model_dir(model) / str(version)
+
+    def versions(self, model: str) -> list[int]:
+        """Published versions of ``model``, oldest first; files with numeric names are ignored."""
+        model_dir = self.model_dir(model)
+        if not model_dir.is_dir():
+            return []
+        found = (e for e in os.scandir(model_dir) if _NUMBER.fullmatch(e.name) and e.is_dir())
+        return sorted(v for v in (int(e.name) for e in found) if v > 0)
+
+    def latest(self, model: str) -> int | None:
+        """The newest published version of ``model``, or ``None`` if it has none."""
+        versions = self.versions(model)
+        return versions[-1] if versions else None
+
+    def models(self) -> list[str]:
+        """Names of the model directories in the repository, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(e.name for e in os.scandir(self.root) if e.is_dir() and is_model_name(e.name))
+
+    def onnx_path(self, model: str, version: int) -> Path:
+        """Where a version's ONNX file is, whether or not it exists."""
+        return self.version_path(model, version) / ASSETS_EXTRA / ONNX_FILE
+
+    def model_card(self, model: str, version: int) -> dict[str, Any] | None:
+        """A version's model card, or None if it has none (or an unreadable one)."""
+        return read_model_card(self.version_path(model, version))
+
+    def find_job_version(self, model: str, job_id: str) -> int | None:
+        """The version of ``model`` that job ``job_id`` published, if any."""
+        for version in self.versions(model):
+            card = self.model_card(model, version)
+            if card is not None and card.get("job_id") == job_id:
+                return version
+        return None
+
+    @contextmanager
+    def staging(self, model: str) -> Iterator[Path]:
+        """Yield a fresh ``<repo>/<model>/.staging-<hex>/`` to write a version into.
+
+        Publish it inside the block (or after). If the block raises, it is removed.
+        """
+        path = self.model_dir(model) / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
+        path.mkdir(parents=True)
+        try:
+            yield path
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+
+    def publish(
+        self,
+        model: str,
+        staging_dir: Path,
+        verify: Callable[[Path], None] | None = None,
+        stamp: Callable[[Path, int], None] | None = None,
+    ) -> int:
+        """Make ``staging_dir`` the next version of ``model`` and return that version.
+
+        ``verify(staging_dir)`` runs first; then, holding the repository lock,
+        ``stamp(staging_dir, version)`` may record the version number inside (the model
+        card does), everything is fsynced and the directory is renamed to that number. If
+        anything before the rename raises, the staging directory is removed and no version
+        appears. Concurrent publishers, threads or processes, get distinct versions.
+        """
+        model_dir = self.model_dir(model)
+        _check_staging(model_dir, Path(staging_dir))
+        try:
+            if verify is not None:
+                verify(staging_dir)
+            with self._config_lock():
+                version = _rename_to_next_version(model_dir, Path(staging_dir), stamp)
+        except BaseException:
+            shutil.rmtree(staging_dir, ignore_errors=True)
+            raise
+        _fsync_dir(model_dir)  # the new name must survive a crash, not just the bytes
+        self.write_models_config()
+        return version
+
+    def clean_stale_staging(self, min_age_seconds: float = 0.0) -> list[Path]:
+        """Remove staging directories and config temp files a crash left; return them.
+
+        Only those untouched for ``min_age_seconds`` go: a worker starting next to others
+        passes an age no publish takes, so it never removes a publish still in progress.
+        """
+        if not self.root.is_dir():
+            return []
+        cutoff = time.time() - min_age_seconds
+        removed = [
+            p
+            for p in self.root.glob(f"*/{STAGING_PREFIX}*")
+            if _is_real_dir(p) and _mtime(p) <= cutoff
+        ]
+        for path in removed:
+            shutil.rmtree(path, ignore_errors=True)
+        with self._config_lock():
+            leftovers = [p for p in self.root.glob(f"{_CONFIG_TMP_PREFIX}*") if _mtime(p) <= cutoff]
+            for path in leftovers:
+                path.unlink(missing_ok=True)
+        return sorted(removed + leftovers)
+
+    def write_models_config(self) -> None:
+        """Atomically rewrite ``<repo>/models.config`` to list every published model."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._config_lock():
+            # Read the models under the lock: a config built before it could drop a model
+            # that another process published while this one waited.
+            text = text_format.MessageToString(self._build_config())
+            tmp = self.root / f"{_CONFIG_TMP_PREFIX}{secrets.token_hex(8)}"
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.config_path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            _fsync_dir(self.root)
+
+    def _build_config(self) -> ModelServerConfig:
+        config = ModelServerConfig()
+        # A model with no version yet (only a staging directory) is left out: the server
+        # would wait at start-up for a model that has nothing to load.
+        for model in (m for m in self.models() if self.versions(m)):
+            entry = config.model_config_list.config.add()
+            entry.name = model
+            entry.base_path = self._base_path(model)
+            entry.model_platform = "tensorflow"
+            entry.model_version_policy.latest.num_versions = self.num_versions
+        return config
+
+    def _base_path(self, model: str) -> str:
+        if self.base_path_prefix is None:
+            return str(self.root / model)
+        return f"{self.base_path_prefix.rstrip('/')}/{model}"
+
+    @contextmanager
+    def _config_lock(self) -> Iterator[None]:
+        with _PROCESS_LOCK:
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # closing the descriptor releases the flock
+
+
+def read_model_card(version_dir: Path) -> dict[str, Any] | None:
+    """The model card in ``version_dir``, or None if it has none (or an unreadable one)."""
+    try:
+        card = json.loads((version_dir / ASSETS_EXTRA / MODEL_CARD_FILE).read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return card if isinstance(card, dict) else None
+
+
+def onnx_file(version_dir: Path) -> Path | None:
+    """The ONNX file of the version in ``version_dir``, or None if it has none."""
+    path = version_dir / ASSETS_EXTRA / ONNX_FILE
+    return path if path.is_file() else None
+
+
+def _mtime(path: Path) -> float:
+    """The newest modification time of ``path`` or anything directly inside it."""
+    try:
+        times = [path.stat().st_mtime]
+        if path.is_dir():
+            times += [entry.stat().st_mtime for entry in os.scandir(path)]
+        return max(times)
+    except FileNotFoundError:
+        return float("inf")  # gone already: nothing to clean
+
+
+def _is_real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _check_staging(model_dir: Path, staging_dir: Path) -> None:
+    if (
+        staging_dir.absolute().parent != model_dir
+        or not staging_dir.name.startswith(STAGING_PREFIX)
+        or not _is_real_dir(staging_dir)
+    ):
+        raise ValueError(f"{staging_dir} is not a staging directory of {model_dir}")
+    # rename(2) silently replaces an empty target directory, so an empty staging directory
+    # could replace a version another publisher just claimed: refuse it.
+    if not any(staging_dir.iterdir()):
+        raise ValueError(f"{staging_dir} is empty: nothing to publish")
+
+
+def _rename_to_next_version(
+    model_dir: Path, staging_dir: Path, stamp: Callable[[Path, int], None] | None
+) -> int:
+    candidate = _highest_number(model_dir) + 1
+    while True:
+        if stamp is not None:
+            stamp(staging_dir, candidate)
+        _fsync_tree(staging_dir)
+        try:
+            os.rename(staging_dir, model_dir / str(candidate))
+            return candidate
+        except OSError as exc:
+            if exc.errno not in _TAKEN:
+                raise
+        # Someone published between our scan and our rename: look again, never overwrite.
+        candidate = max(candidate, _highest_number(model_dir)) + 1
+
+
+def _highest_number(model_dir: Path) -> int:
+    # Any numeric name counts, files included, so a version never lands on one.
+    return max((int(e.name) for e in os.scandir(model_dir) if _NUMBER.fullmatch(e.name)), default=0)
+
+
+def _fsync_tree(top: Path) -> None:
+    # Children before parents, so each directory is synced after the entries it names.
+    for dirpath, _, filenames in os.walk(top, topdown=False):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,98 @@
+"""The per-job training configuration: what a user may set, validated before any work.
+
+The API validates it before queueing a job, the worker and ``ftserve train`` before
+training; it is plain pydantic so that every tier can import it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from service.contract.names import MODEL_NAME_PATTERN
+from service.contract.validation import describe_errors
+from service.errors import InvalidConfigError
+
+ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
+
+
+class AugmentationConfig(BaseModel):
+    """Random transforms applied inside the model, so they run on the accelerator."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    flip: Literal["horizontal", "vertical", "horizontal_and_vertical", "none"] = "horizontal"
+    rotation: float = Field(default=0.05, ge=0.0, le=0.5)
+    zoom: float = Field(default=0.1, ge=0.0, lt=1.0)
+    contrast: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+
+class TrainConfig(BaseModel):
+    """Everything one fine-tuning job may choose. Unknown fields are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_name: ModelName
+    base_model: str = "mobilenet_v2"
+    weights: str = "imagenet"
+    image_size: int | None = Field(default=None, ge=8, le=1024)
+
+    epochs: int = Field(default=10, ge=1, le=1000)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
+    early_stopping_patience: int = Field(default=3, ge=0)
+
+    pooling: Literal["avg", "flatten"] = "avg"
+    dense_units: tuple[int, ...] = ()
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    augmentation: AugmentationConfig | None = None
+    # Compute the frozen base's features once and train the head on them (phase 1, no
+    # augmentation). Same result as the full graph; off only to measure the difference.
+    feature_cache: bool = True
+
+    fine_tune_layers: int = Field(default=0, ge=0)
+    fine_tune_at: int | str | None = None
+    fine_tune_epochs: int = Field(default=5, ge=0, le=1000)
+    fine_tune_learning_rate: float = Field(default=1e-5, gt=0.0, le=1.0)
+
+    validation_split: float = Field(default=0.2, gt=0.0, lt=0.9)
+    class_weight: Literal["none", "balanced"] = "none"
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    seed: int = Field(default=1337, ge=0)
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
+    xla: Literal["auto", "on", "off"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_way_to_pick_layers(self) -> TrainConfig:
+        if self.fine_tune_layers and self.fine_tune_at is not None:
+            raise ValueError("set fine_tune_layers or fine_tune_at, not both")
+        return self
+
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether a second phase unfreezes part of the base."""
+        wants_layers = self.fine_tune_layers > 0 or self.fine_tune_at is not None
+        return wants_layers and self.fine_tune_epochs > 0
+
+    @classmethod
+    def parse(cls, data: dict[str, object]) -> TrainConfig:
+        """Validate user input, turning pydantic's error into our 422."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            message = describe_errors(exc.errors(), "training config", whole="config")
+            raise InvalidConfigError(message) from exc
+
+    @classmethod
+    def from_file(cls, path: Path, **overrides: object) -> TrainConfig:
+        """Read a JSON config file; explicit overrides (e.g. CLI flags) win."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidConfigError(f"cannot read config file {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise InvalidConfigError(f"config file {path} must hold a JSON object")
+        return cls.parse({**data, **overrides})

@@ -1,0 +1,311 @@
+"""The API tier's gRPC client to the model server (TensorFlow Serving or ``ftserve model-server``).
+
+It speaks TensorFlow Serving's protocol with the lean, wire-compatible messages generated from
+``protos/service/model_client/`` and names the method paths itself, so this module never imports
+TensorFlow. Every call carries a deadline; only UNAVAILABLE is retried, by gRPC's own retry
+policy (the channel's service config), within that deadline; gRPC failures become
+``service.errors`` classes in ``map_grpc_errors`` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf.message import Message
+
+from service.contract.signatures import BYTES_INPUT, SERVING_DEFAULT
+from service.errors import (
+    BadRequestError,
+    FtserveError,
+    ModelNotFoundError,
+    ModelServerTimeoutError,
+    ModelServerUnavailableError,
+    NotAnImageError,
+    PayloadTooLargeError,
+    TooManyInstancesError,
+)
+from service.model_client import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    predict_pb2,
+)
+from service.model_client.codec import decode_tensor, encode_strings
+from service.model_client.tensor_pb2 import DataType, TensorShapeProto
+
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+GET_MODEL_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
+GET_MODEL_STATUS = "/tensorflow.serving.ModelService/GetModelStatus"
+
+SIGNATURE_DEF = "signature_def"
+_SIGNATURE_DEF_MAP = "tensorflow.serving.SignatureDefMap"
+_PROBE_MODEL = "__ftserve_probe__"  # check() asks for this model; NOT_FOUND means reachable
+# Up to two retries of an UNAVAILABLE call (a model server restarting, a pod going away),
+# after a random pause of up to 50 ms, then up to 200 ms; gRPC keeps them inside the deadline.
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": "tensorflow.serving.PredictionService"},
+                    {"service": "tensorflow.serving.ModelService"},
+                ],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.2s",
+                    "backoffMultiplier": 4,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+# Reconnect to a restarted model server within seconds, not gRPC's default two minutes.
+_MAX_RECONNECT_BACKOFF_MS = 5000
+_IMAGE_ERRORS = ("image file format", "invalid jpeg", "invalid png", "decode", "not an image")
+
+Codes = grpc.StatusCode
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What the model server answered: the model and version that ran, and its outputs."""
+
+    model: str
+    version: int
+    outputs: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """One version of a model as the model server reports it (state e.g. ``"AVAILABLE"``)."""
+
+    version: int
+    state: str
+    error_code: int
+    error_message: str
+
+
+@contextmanager
+def map_grpc_errors() -> Iterator[None]:
+    """Turn a failed gRPC call into the ``service.errors`` class a user should see.
+
+    The one place that reads gRPC status codes. Messages from the server are passed on only
+    where they describe the request (first line: TensorFlow appends graph node names).
+    """
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        code, details = exc.code(), exc.details() or ""
+        summary = details.splitlines()[0] if details else code.name
+        lowered = details.lower()
+        unknown_label = code == Codes.INVALID_ARGUMENT and "servable version label" in lowered
+        if code == Codes.NOT_FOUND or unknown_label:
+            raise ModelNotFoundError(summary) from exc
+        if code == Codes.INVALID_ARGUMENT and any(word in lowered for word in _IMAGE_ERRORS):
+            raise NotAnImageError("An instance is not a JPEG, PNG, GIF or BMP image") from exc
+        if code == Codes.INVALID_ARGUMENT and "maximum input batch size" in lowered:
+            raise TooManyInstancesError(summary) from exc
+        if code in (Codes.INVALID_ARGUMENT, Codes.FAILED_PRECONDITION):
+            raise BadRequestError(summary) from exc
+        if code == Codes.RESOURCE_EXHAUSTED and "larger than max" in lowered:
+            raise PayloadTooLargeError(
+                "The request or its answer exceeds the model server's message size limit;"
+                " send fewer or smaller images"
+            ) from exc
+        if code in (Codes.UNAVAILABLE, Codes.RESOURCE_EXHAUSTED):
+            raise ModelServerUnavailableError(
+                "The model server is unavailable or the model is still loading; retry shortly"
+            ) from exc
+        if code == Codes.DEADLINE_EXCEEDED:
+            raise ModelServerTimeoutError("The model server did not answer in time") from exc
+        raise FtserveError("The model server failed to answer") from exc
+
+
+class PredictClient:
+    """One long-lived grpc.aio channel to the model server; every call has a deadline.
+
+    Create it inside the running event loop (the FastAPI lifespan) and ``close()`` it there.
+    """
+
+    def __init__(
+        self, address: str, timeout: float, *, max_message_bytes: int = 64 * 1024**2
+    ) -> None:
+        """Open the channel (connecting lazily).
+
+        Args:
+            address: ``host:port`` of the model server's gRPC port.
+            timeout: default deadline of each call, in seconds, retries included.
+            max_message_bytes: largest request sent and answer accepted.
+        """
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_reconnect_backoff_ms", _MAX_RECONNECT_BACKOFF_MS),
+                ("grpc.enable_retries", 1),
+                ("grpc.service_config", _SERVICE_CONFIG),
+            ],
+        )
+        self._predict = self._method(
+            PREDICT, predict_pb2.PredictRequest, predict_pb2.PredictResponse
+        )
+        self._metadata = self._method(
+            GET_MODEL_METADATA,
+            get_model_metadata_pb2.GetModelMetadataRequest,
+            get_model_metadata_pb2.GetModelMetadataResponse,
+        )
+        self._status = self._method(
+            GET_MODEL_STATUS,
+            get_model_status_pb2.GetModelStatusRequest,
+            get_model_status_pb2.GetModelStatusResponse,
+        )
+
+    async def predict_images(
+        self,
+        model: str,
+        images: Sequence[bytes],
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        signature: str = SERVING_DEFAULT,
+        timeout: float | None = None,
+    ) -> PredictResult:
+        """Run ``signature`` of ``model`` on encoded images (its ``image_bytes`` input).
+
+        ``version`` wins over ``label``; neither means the latest available version.
+        """
+        request = predict_pb2.PredictRequest(
+            model_spec=_model_spec(model, version, label, signature)
+        )
+        request.inputs[BYTES_INPUT].CopyFrom(encode_strings(images))
+        response: predict_pb2.PredictResponse = await self._call(self._predict, request, timeout)
+        return PredictResult(
+            model=response.model_spec.name or model,
+            version=int(response.model_spec.version.value),
+            outputs=_decode_outputs(response),
+        )
+
+    async def model_status(
+        self, model: str, version: int | None = None, timeout: float | None = None
+    ) -> list[VersionStatus]:
+        """The versions of ``model`` the server knows (or just ``version``), oldest first."""
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=_model_spec(model, version))
+        response: get_model_status_pb2.GetModelStatusResponse = await self._call(
+            self._status, request, timeout
+        )
+        return [_version_status(status) for status in response.model_version_status]
+
+    async def model_metadata(
+        self, model: str, version: int | None = None, timeout: float | None = None
+    ) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+        """The callable signatures of ``model`` with their inputs and outputs.
+
+        Returns ``{signature: {"inputs": {alias: info}, "outputs": {alias: info}}}``, each info
+        ``{"dtype": "DT_STRING", "shape": [-1]}`` (-1: any size; shape None: unknown rank).
+        """
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=_model_spec(model, version), metadata_field=[SIGNATURE_DEF]
+        )
+        response: get_model_metadata_pb2.GetModelMetadataResponse = await self._call(
+            self._metadata, request, timeout
+        )
+        return {
+            name: {
+                "inputs": {alias: _tensor_info(i) for alias, i in sorted(sig.inputs.items())},
+                "outputs": {alias: _tensor_info(o) for alias, o in sorted(sig.outputs.items())},
+            }
+            for name, sig in sorted(_signature_defs(response).items())
+        }
+
+    async def check(self, timeout: float = 2.0) -> bool:
+        """Whether the model server answers at all (any answer, even NOT_FOUND, counts)."""
+        try:
+            await self.model_status(_PROBE_MODEL, timeout=timeout)
+        except (ModelServerUnavailableError, ModelServerTimeoutError):
+            return False
+        except FtserveError:
+            pass  # NOT_FOUND and the like: it answered
+        return True
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        await self._channel.close()
+
+    def _method(self, path: str, request_type: type[Message], response_type: type[Message]) -> Any:
+        return self._channel.unary_unary(
+            path,
+            request_serializer=request_type.SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
+
+    async def _call(self, method: Any, request: Message, timeout: float | None) -> Any:
+        """``method(request)`` within one deadline (retries included), errors mapped."""
+        with map_grpc_errors():
+            return await method(request, timeout=self.timeout if timeout is None else timeout)
+
+
+def _model_spec(
+    model: str, version: int | None = None, label: str | None = None, signature: str = ""
+) -> model_pb2.ModelSpec:
+    spec = model_pb2.ModelSpec(name=model, signature_name=signature)
+    if version is not None:
+        spec.version.value = version
+    elif label is not None:
+        spec.version_label = label
+    return spec
+
+
+def _decode_outputs(response: predict_pb2.PredictResponse) -> dict[str, np.ndarray]:
+    try:
+        return {alias: decode_tensor(tensor) for alias, tensor in response.outputs.items()}
+    except ValueError as exc:
+        raise FtserveError("The model server answered with a malformed tensor") from exc
+
+
+def _version_status(status: get_model_status_pb2.ModelVersionStatus) -> VersionStatus:
+    return VersionStatus(
+        version=int(status.version),
+        state=_enum_name(get_model_status_pb2.ModelVersionStatus.State, status.state),
+        error_code=int(status.status.error_code),
+        error_message=status.status.error_message,
+    )
+
+
+def _signature_defs(
+    response: get_model_metadata_pb2.GetModelMetadataResponse,
+) -> dict[str, get_model_metadata_pb2.SignatureDef]:
+    # The Any names TensorFlow Serving's message; its bytes parse as the lean copy.
+    packed = response.metadata.get(SIGNATURE_DEF)
+    if packed is None or packed.type_url.rpartition("/")[2] != _SIGNATURE_DEF_MAP:
+        raise FtserveError("The model server's metadata has no signatures")
+    signatures = get_model_metadata_pb2.SignatureDefMap.FromString(packed.value)
+    # "__saved_model_init_op" and the like are SavedModel internals, not callable signatures.
+    return {k: v for k, v in signatures.signature_def.items() if not k.startswith("__")}
+
+
+def _tensor_info(info: get_model_metadata_pb2.TensorInfo) -> dict[str, Any]:
+    return {"dtype": _enum_name(DataType, info.dtype), "shape": _shape(info.tensor_shape)}
+
+
+def _shape(shape: TensorShapeProto) -> list[int] | None:
+    return None if shape.unknown_rank else [int(dim.size) for dim in shape.dim]
+
+
+def _enum_name(enum: Any, value: int) -> str:
+    try:
+        return str(enum.Name(value))
+    except ValueError:  # a value newer than these protos
+        return str(value)

@@ -1,0 +1,168 @@
+"""Model servers as real processes on loopback, driven with the lean (TF-free) stubs.
+
+``ftserve model-server`` needs TensorFlow; the tests that start one may not have it (the
+API's test environment). They run it with ``tf_python()``: this interpreter when it has
+TensorFlow, else the one ``FTSERVE_TEST_TF_PYTHON`` names (``make test`` sets it).
+The model server's own tests extend ``ServerProcess`` with the official stubs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+
+from service.contract.repository import CONFIG_NAME, ModelRepository
+from service.contract.signatures import BYTES_INPUT
+from service.model_client import get_model_status_pb2, predict_pb2
+from service.model_client.client import GET_MODEL_STATUS, PREDICT
+from service.model_client.codec import decode_tensor, encode_strings
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "shapes"
+FTSERVE = "ftserve"
+TF_PYTHON_ENV = "FTSERVE_TEST_TF_PYTHON"
+AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+END = get_model_status_pb2.ModelVersionStatus.END
+
+
+def has_tensorflow() -> bool:
+    """Whether this interpreter can import TensorFlow (without importing it)."""
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def tf_python() -> str:
+    """A Python interpreter with TensorFlow and ftserve, for model server subprocesses."""
+    if has_tensorflow():
+        return sys.executable
+    named = os.environ.get(TF_PYTHON_ENV)
+    if not named:
+        pytest.skip(
+            f"TensorFlow is not installed here and {TF_PYTHON_ENV} names no interpreter that"
+            " has it; `make test` sets it to the project's main virtual environment"
+        )
+    return named
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def add_version(repo_root: Path, source: Path, model: str = MODEL) -> int:
+    """Publish a copy of ``source`` as the next version, the way the exporter publishes."""
+    repository = ModelRepository(repo_root)
+    with repository.staging(model) as staging:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+        return repository.publish(model, staging)
+
+
+def repo_flags(repo_root: Path, poll_seconds: int = 1) -> list[str]:
+    return [
+        f"--model_config_file={repo_root / CONFIG_NAME}",
+        f"--file_system_poll_wait_seconds={poll_seconds}",
+    ]
+
+
+class ServerProcess:
+    """A model server process with its ports, a gRPC channel, an HTTP client and its log."""
+
+    def __init__(self, kind: str, flags: list[str], log_path: Path) -> None:
+        self.kind = kind
+        self.port, self.rest_port = free_port(), free_port()
+        flags = [
+            f"--port={self.port}",
+            f"--rest_api_port={self.rest_port}",
+            "--enable_grpc_healthcheck_service=true",
+            *flags,
+        ]
+        if kind == FTSERVE:
+            command = [tf_python(), "-m", "service.cli", "model-server", *flags]
+        else:
+            command = [os.environ["TF_SERVING_BIN"], *flags]
+        self.log_path = log_path
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            )
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.rest_port}", timeout=30)
+        self._status = self.channel.unary_unary(
+            GET_MODEL_STATUS,
+            request_serializer=get_model_status_pb2.GetModelStatusRequest.SerializeToString,
+            response_deserializer=get_model_status_pb2.GetModelStatusResponse.FromString,
+        )
+        self._predict = self.channel.unary_unary(
+            PREDICT,
+            request_serializer=predict_pb2.PredictRequest.SerializeToString,
+            response_deserializer=predict_pb2.PredictResponse.FromString,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def status(self, model: str = MODEL) -> dict:
+        """``{version: ModelVersionStatus}`` as GetModelStatus reports them."""
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = model
+        response = self._status(request, timeout=10)
+        return {s.version: s for s in response.model_version_status}
+
+    def predict(
+        self, images: list[bytes], model: str = MODEL, version: int | None = None
+    ) -> tuple[int, dict[str, np.ndarray]]:
+        """``serving_default`` on ``images`` over gRPC: (version that answered, outputs)."""
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model
+        if version is not None:
+            request.model_spec.version.value = version
+        request.inputs[BYTES_INPUT].CopyFrom(encode_strings(images))
+        response = self._predict(request, timeout=30)
+        outputs = {alias: decode_tensor(proto) for alias, proto in response.outputs.items()}
+        return int(response.model_spec.version.value), outputs
+
+    def wait_until(self, condition, what: str, timeout: float = 90.0) -> None:
+        """Poll ``condition()`` (RPC errors count as not yet) until it holds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"{self.kind} exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if condition():
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+        pytest.fail(f"{self.kind}: timed out waiting for {what}:\n{self.log()}")
+
+    def wait_for_version(self, version: int, model: str = MODEL) -> None:
+        def available() -> bool:
+            state = self.status(model).get(version)
+            return state is not None and state.state == AVAILABLE
+
+        self.wait_until(available, f"{model} version {version} to be AVAILABLE")
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        self.channel.close()
+        self.http.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
