@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from exporter.export import (
     WARMUP_IMAGES,
@@ -42,6 +44,7 @@ def publish_result(
     repository: ModelRepository,
     model_name: str | None = None,
     job_id: str | None = None,
+    assess: Callable[[Path], dict[str, Any]] | None = None,
 ) -> PublishedVersion:
     """Export ``result`` into a staging folder, check it answers like the trained model,
     then publish it as the model's next version.
@@ -49,17 +52,22 @@ def publish_result(
     Nothing numeric appears in the repository unless every check passed. ``job_id`` is
     written into the model card before the rename, so a job that is retried after a crash
     can tell whether its version already exists (``ModelRepository.find_job_version``).
+    ``assess(staging)`` runs on the verified export before the rename; what it returns is
+    added to the model card (the promotion decision is).
     """
     name = model_name or result.config.model_name
     samples = validation_image_bytes(result, WARMUP_IMAGES)
     checked: dict[str, float] = {}
+    extra: dict[str, Any] = {}
 
     def verify(staging: Path) -> None:
         checked["diff"] = verify_export(staging, result.classifier.model, samples)
+        if assess is not None:
+            extra.update(assess(staging))
 
     with repository.staging(name) as staging:
         report: ExportReport = export_model(result, name, staging)
-        stamp = partial(_stamp_card, job_id=job_id)
+        stamp = partial(_stamp_card, job_id=job_id, extra=extra)
         version = repository.publish(name, staging, verify=verify, stamp=stamp)
     path = repository.version_path(name, version)
     return PublishedVersion(
@@ -72,10 +80,14 @@ def publish_result(
     )
 
 
-def _stamp_card(staging: Path, version: int, job_id: str | None) -> None:
+def _stamp_card(staging: Path, version: int, job_id: str | None, extra: dict[str, Any]) -> None:
     # The number is only known under the repository lock, just before the rename.
     card_path = staging / ASSETS_EXTRA / MODEL_CARD_FILE
     card = json.loads(card_path.read_text(encoding="utf-8"))
+    card.update(extra)
     card["version"] = version
     card["job_id"] = job_id
+    promotion = card.get("promotion")
+    if isinstance(promotion, dict) and isinstance(promotion.get("candidate"), dict):
+        promotion["candidate"]["version"] = version  # the candidate is this very version
     card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     predict_timeout_seconds: float = Field(default=10.0, gt=0)
     predict_max_instances: int = Field(default=64, gt=0)
     predict_max_bytes: int = Field(default=32 * 1024**2, gt=0)  # encoded images per request
+    # How long a label move waits for the model server to load the version (then 504).
+    label_move_timeout_seconds: float = Field(default=300.0, gt=0)
 
     def sqlalchemy_url(self) -> str:
         """The job store's URL: ``database_url``, else SQLite in ``<data_root>/ftserve.db``."""

@@ -5,6 +5,7 @@
     │   ├── InvalidArchiveError (400 invalid_archive)
     │   ├── UnsafeArchiveMemberError (400 unsafe_archive_member)
     │   ├── InvalidModelNameError (400 invalid_model_name)
+    │   ├── InvalidLabelError (400 invalid_label)
     │   ├── InvalidBase64Error (400 invalid_base64)
     │   ├── NotAnImageError (400 not_an_image)
     │   └── InvalidDataUriError (400 invalid_data_uri)
@@ -12,9 +13,16 @@
     ├── NotFoundError (404 not_found)
     │   ├── JobNotFoundError (404 job_not_found)
     │   └── ModelNotFoundError (404 model_not_found)
+    │       ├── VersionNotFoundError (404 version_not_found)
+    │       ├── VersionNotServedError (404 version_not_served)
+    │       └── LabelNotFoundError (404 label_not_found)
     ├── ConflictError (409 conflict)
     │   ├── IdempotencyInFlightError (409 idempotency_in_flight)
-    │   └── JobFinishedError (409 job_finished)
+    │   ├── JobFinishedError (409 job_finished)
+    │   ├── VersionFailedError (409 version_failed)
+    │   ├── VersionLabelledError (409 version_labelled)
+    │   ├── LabelInUseError (409 label_in_use)
+    │   └── NoPreviousVersionError (409 no_previous_version)
     ├── PayloadTooLargeError (413 too_large)
     │   ├── ArchiveLimitError (413 archive_limit)
     │   ├── ImageTooLargeError (413 image_too_large)
@@ -145,9 +153,55 @@ class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
 
+class VersionNotFoundError(ModelNotFoundError):
+    """The model exists but has no such version on disk (it never had, or it was deleted)."""
+
+    code = "version_not_found"
+
+
+class VersionNotServedError(ModelNotFoundError):
+    """The version is on disk but no label serves it; a label move serves it again."""
+
+    code = "version_not_served"
+
+
+class LabelNotFoundError(ModelNotFoundError):
+    """The model has no such label."""
+
+    code = "label_not_found"
+
+
+class InvalidLabelError(BadRequestError):
+    code = "invalid_label"
+
+
 class ConflictError(FtserveError):
     status = HTTPStatus.CONFLICT
     code = "conflict"
+
+
+class VersionFailedError(ConflictError):
+    """The model server could not load the version, so no label may point at it."""
+
+    code = "version_failed"
+
+
+class VersionLabelledError(ConflictError):
+    """A label still points at the version: move or delete the label first."""
+
+    code = "version_labelled"
+
+
+class LabelInUseError(ConflictError):
+    """The label carries traffic (``stable``); deleting it needs ``force``."""
+
+    code = "label_in_use"
+
+
+class NoPreviousVersionError(ConflictError):
+    """``stable`` has no earlier version (still on disk) to roll back to."""
+
+    code = "no_previous_version"
 
 
 class IdempotencyInFlightError(ConflictError):

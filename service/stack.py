@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.config import Settings
+from service.contract.repository import CONFIG_NAME
 
 # Seconds each child gets between SIGTERM and SIGKILL: a worker checkpoints within a batch.
 STOP_GRACE_SECONDS = 60.0
@@ -47,6 +48,9 @@ def child_commands(settings: Settings, host: str, ports: Ports) -> dict[str, lis
             "--model_config_file_poll_wait_seconds=2",
             "--file_system_poll_wait_seconds=1",
             "--enable_grpc_healthcheck_service=true",
+            # As TF Serving, the model server checks labels before loading anything; a
+            # restart with labels in models.config needs this (label moves do not).
+            "--allow_version_labels_for_unavailable_models=true",
         ]
     commands["worker"] = [*ftserve, "worker"]
     commands["api"] = [*ftserve, "api", f"--host={host}", f"--port={ports.api}"]
@@ -57,7 +61,7 @@ def ensure_model_config(repo: Path) -> Path:
     """``<repo>/models.config``, created empty when no model was published yet."""
     repo = repo.absolute()
     repo.mkdir(parents=True, exist_ok=True)
-    path = repo / "models.config"
+    path = repo / CONFIG_NAME
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:

@@ -24,6 +24,7 @@ from service.api.routes import finetune, health, models, predict
 from service.api.schemas import ErrorResponse, FinetuneFromFolder, PredictRequest
 from service.api.uploads import remove_stale_partials
 from service.config import Settings, get_settings
+from service.contract.repository import ModelRepository
 from service.contract.train_config import TrainConfig
 from service.jobs.store import JobStore
 from service.model_client.client import PredictClient
@@ -73,6 +74,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(client.close)
         app.state.job_store = store
         app.state.predict_client = client
+        app.state.repository = ModelRepository(settings.model_repo)
         yield
 
 

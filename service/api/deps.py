@@ -14,6 +14,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.metrics import ApiMetrics
 from service.config import Settings
+from service.contract.lifecycle import Lifecycle
+from service.contract.repository import ModelRepository
 from service.errors import UnauthorizedError
 from service.jobs.store import JobStore
 from service.model_client.client import PredictClient
@@ -41,7 +43,23 @@ async def get_metrics(request: Request) -> ApiMetrics:
     return metrics
 
 
+async def get_repository(request: Request) -> ModelRepository:
+    repository: ModelRepository = request.app.state.repository
+    return repository
+
+
+async def get_lifecycle(request: Request) -> Lifecycle:
+    settings: Settings = request.app.state.settings
+    return Lifecycle(
+        request.app.state.repository,
+        request.app.state.predict_client,
+        timeout=settings.label_move_timeout_seconds,
+    )
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
+LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 PredictClientDep = Annotated[PredictClient, Depends(get_predict_client)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]

@@ -1,37 +1,38 @@
-"""What the API says about models: the repository on disk and the model server's view.
+"""What the API says about models: the repository, the serving states, the model server's view.
 
 The repository is ``service.contract.repository``'s, the same module the worker publishes
-with; the model server is asked through the model client.
+with; label moves and deletes go through ``service.contract.lifecycle``, as the worker's do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from starlette.concurrency import run_in_threadpool
 
-from service.api.schemas import ModelDetail, ModelSummary, ServingStatus, VersionView
+from service.api.schemas import ModelDetail, ModelSummary, VersionView
 from service.contract.names import check_model_name
 from service.contract.repository import ModelRepository, onnx_file, read_model_card
-from service.errors import FtserveError, ModelNotFoundError
-from service.model_client.client import PredictClient
+from service.contract.serving_state import ServingState
+from service.errors import FtserveError, ModelNotFoundError, VersionNotFoundError
+from service.model_client.client import PredictClient, VersionStatus
 
+# What GET /models/{name} shows of a version's evaluation (the card has the whole report).
+METRIC_KEYS = ("accuracy", "top_k_accuracy", "loss", "macro_f1", "count")
 _STATUS_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
-_NOT_SERVED = ServingStatus(
-    state="UNKNOWN",
-    error_code="NOT_FOUND",
-    error_message="The model server does not report this version",
-)
 
 
 def list_models(repository: ModelRepository) -> list[ModelSummary]:
-    """Every model with at least one version, and its versions oldest first."""
-    found = {name: repository.versions(name) for name in repository.models()}
-    return [
-        ModelSummary(name=name, versions=versions) for name, versions in found.items() if versions
-    ]
+    """Every model with at least one version: its versions oldest first, and its labels."""
+    found = []
+    for name in repository.models():
+        versions = repository.versions(name)
+        if versions:
+            labels = repository.serving_state(name).labels
+            found.append(ModelSummary(name=name, versions=versions, labels=labels))
+    return found
 
 
 def model_versions(repository: ModelRepository, model: str) -> list[int]:
@@ -47,16 +48,11 @@ def model_versions(repository: ModelRepository, model: str) -> list[int]:
     return versions
 
 
-def version_dir(repository: ModelRepository, model: str, version: int) -> Path:
-    """The folder of one version. Raises ``ModelNotFoundError`` if it does not exist."""
-    if version not in model_versions(repository, model):
-        raise ModelNotFoundError(f"Model {model!r} has no version {version}")
-    return repository.version_path(model, version)
-
-
 def onnx_path(repository: ModelRepository, model: str, version: int) -> Path:
     """A version's ONNX file (``ModelNotFoundError`` if the version or its file is missing)."""
-    path = onnx_file(version_dir(repository, model, version))
+    if version not in model_versions(repository, model):
+        raise VersionNotFoundError(f"Model {model!r} has no version {version}")
+    path = onnx_file(repository.version_path(model, version))
     if path is None:
         raise ModelNotFoundError(f"Version {version} of model {model!r} has no ONNX file")
     return path
@@ -65,46 +61,69 @@ def onnx_path(repository: ModelRepository, model: str, version: int) -> Path:
 async def describe_model(
     repository: ModelRepository, client: PredictClient, model: str
 ) -> ModelDetail:
-    """The versions of ``model`` on disk, each with its serving status and model card.
+    """The versions of ``model`` on disk, each with its serving state, labels and model card.
 
-    The model server is asked once; if it cannot answer, each version says so instead of
-    the whole description failing.
+    The model server is asked once; if it cannot answer, each version says UNKNOWN instead
+    of the whole description failing.
     """
-    versions = await run_in_threadpool(model_versions, repository, model)
-    paths = {version: repository.version_path(model, version) for version in versions}
-    status_of = await _serving_statuses(client, model)
-    cards = await run_in_threadpool(lambda: {v: read_model_card(p) for v, p in paths.items()})
-    views = [
-        VersionView(
-            version=version,
-            status=status_of(version),
-            model_card=cards[version],
-            onnx_url=f"/models/{model}/versions/{version}/onnx" if onnx_file(path) else None,
-        )
-        for version, path in paths.items()
-    ]
-    return ModelDetail(name=model, versions=views)
 
+    def read() -> tuple[ServingState, dict[int, dict[str, Any] | None], dict[int, bool]]:
+        versions = model_versions(repository, model)
+        state = repository.serving_state(model)
+        paths = {v: repository.version_path(model, v) for v in versions}
+        cards = {v: read_model_card(path) for v, path in paths.items()}
+        has_onnx = {v: onnx_file(path) is not None for v, path in paths.items()}
+        return state, cards, has_onnx
 
-async def _serving_statuses(client: PredictClient, model: str) -> Callable[[int], ServingStatus]:
-    try:
-        reported = {status.version: status for status in await client.model_status(model)}
-    except ModelNotFoundError:
-        reported = {}
-    except FtserveError as exc:  # down, too slow, or answering nonsense
-        unknown = ServingStatus(
-            state="UNKNOWN", error_code="UNAVAILABLE", error_message=exc.message
-        )
-        return lambda _version: unknown
-
-    def status_of(version: int) -> ServingStatus:
+    state, cards, has_onnx = await run_in_threadpool(read)
+    reported, unreachable = await _serving_statuses(client, model)
+    served = set(state.served)
+    views = []
+    for version, card in cards.items():
         status = reported.get(version)
-        if status is None:
-            return _NOT_SERVED
-        return ServingStatus(
-            state=status.state,
-            error_code=_STATUS_CODE_NAMES.get(status.error_code, str(status.error_code)),
-            error_message=status.error_message,
+        views.append(
+            VersionView(
+                version=version,
+                served=version in served,
+                state=_state(status, unreachable),
+                error=_error(status, unreachable),
+                labels=state.labels_of(version),
+                created_at=(card or {}).get("created"),
+                metrics=_metrics(card),
+                promotion=(card or {}).get("promotion"),
+                onnx_url=f"/models/{model}/versions/{version}/onnx" if has_onnx[version] else None,
+            )
         )
+    return ModelDetail(name=model, labels=dict(sorted(state.labels.items())), versions=views)
 
-    return status_of
+
+async def _serving_statuses(
+    client: PredictClient, model: str
+) -> tuple[dict[int, VersionStatus], str | None]:
+    """The model server's statuses by version, or why it could not be asked."""
+    try:
+        return {status.version: status for status in await client.model_status(model)}, None
+    except ModelNotFoundError:
+        return {}, None
+    except FtserveError as exc:  # down, too slow, or answering nonsense
+        return {}, exc.message
+
+
+def _state(status: VersionStatus | None, unreachable: str | None) -> str:
+    if unreachable is not None:
+        return "UNKNOWN"
+    return "NOT_LOADED" if status is None else status.state
+
+
+def _error(status: VersionStatus | None, unreachable: str | None) -> str | None:
+    if unreachable is not None:
+        return unreachable
+    if status is None or not status.error_code:
+        return None
+    code = _STATUS_CODE_NAMES.get(status.error_code, str(status.error_code))
+    return f"{code}: {status.error_message}"
+
+
+def _metrics(card: dict[str, Any] | None) -> dict[str, Any]:
+    evaluation = (card or {}).get("evaluation") or {}
+    return {key: evaluation[key] for key in METRIC_KEYS if key in evaluation}

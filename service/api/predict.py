@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from service.api.schemas import (
@@ -34,16 +35,20 @@ from service.api.uploads import (
 from service.config import Settings
 from service.contract.names import check_model_name
 from service.contract.repository import ModelRepository
+from service.contract.serving_state import STABLE, ServingState
 from service.contract.signatures import LABEL_SCORES, LABELS, PROBABILITIES
 from service.contract.validation import describe_errors
 from service.errors import (
     BadRequestError,
     FtserveError,
     InvalidBase64Error,
+    LabelNotFoundError,
     ModelNotFoundError,
     ModelServerUnavailableError,
     TooManyInstancesError,
     UnprocessableError,
+    VersionNotFoundError,
+    VersionNotServedError,
 )
 from service.model_client.client import PredictClient
 
@@ -115,19 +120,17 @@ async def predict(
 ) -> PredictResponse:
     """Run the model on ``images`` and rank each answer's labels.
 
-    A version that is published but not loaded yet answers 503, not 404 (``_not_loaded_yet``).
+    With neither a version nor a label, the label ``stable`` answers. When the model server
+    does not know what was asked for, the serving state tells the user why (``_explain``).
     """
+    label = None if options.version is not None else (options.label or STABLE)
     try:
         result = await client.predict_images(
-            options.model, images, version=options.version, label=options.label
+            options.model, images, version=options.version, label=label
         )
     except ModelNotFoundError as exc:
-        if options.label is not None:  # an unknown label is the user's mistake: keep the 404
-            raise
-        not_loaded = _not_loaded_yet(repository, options.model, options.version)
-        if not_loaded is None:
-            raise
-        raise not_loaded from exc
+        state = await run_in_threadpool(_serving_facts, repository, options.model)
+        raise _explain(options.model, options.version, label, *state) from exc
     return PredictResponse(
         model=result.model,
         version=result.version,
@@ -135,21 +138,49 @@ async def predict(
     )
 
 
-def _not_loaded_yet(
-    repository: ModelRepository, model: str, version: int | None
-) -> ModelServerUnavailableError | None:
-    """A published version the model server has not picked up yet is a 503, not a 404.
+def _serving_facts(repository: ModelRepository, model: str) -> tuple[list[int], ServingState]:
+    return repository.versions(model), repository.serving_state(model)
 
-    Publishing and serving are decoupled: the model server polls the repository, so a job
-    can succeed a few seconds before its version serves. Retrying then is the right advice.
+
+def _explain(
+    model: str,
+    version: int | None,
+    label: str | None,
+    on_disk: list[int],
+    state: ServingState,
+) -> FtserveError:
+    """Why the model server had no answer for the request, as the user's error.
+
+    503 only where the serving state says it is served and the model server has merely not
+    loaded it (or polled the new config) yet; otherwise a 404 that says what is served.
     """
-    published = repository.versions(model)
-    if published and (version is None or version in published):
-        wanted = f"version {version}" if version is not None else "its latest version"
+    if not on_disk:
+        return ModelNotFoundError(f"No model named {model!r} in the model repository")
+    served = ", ".join(str(v) for v in state.served) or "none"
+    labels = ", ".join(f"{k} → {v}" for k, v in sorted(state.labels.items())) or "none"
+    if version is not None:
+        if version not in on_disk:
+            return VersionNotFoundError(f"Model {model!r} has no version {version}")
+        if version not in state.served:
+            return VersionNotServedError(
+                f"Version {version} of model {model!r} is not served (served: {served}); serve"
+                f" it by pointing a label at it: PUT /models/{model}/labels/<label>"
+                f' {{"version": {version}}}'
+            )
         return ModelServerUnavailableError(
-            f"Model {model!r} is published but the model server has not loaded {wanted} yet"
+            f"Version {version} of model {model!r} is served but the model server has not"
+            " loaded it yet"
         )
-    return None
+    assert label is not None
+    if label not in state.labels:
+        return LabelNotFoundError(
+            f"Model {model!r} has no label {label!r} (labels: {labels}); ask for a label or a"
+            " version"
+        )
+    return ModelServerUnavailableError(
+        f"Label {label!r} of model {model!r} points at version {state.labels[label]}, which the"
+        " model server has not loaded yet"
+    )
 
 
 def rank(outputs: dict[str, np.ndarray], top_k: int) -> list[Prediction]:

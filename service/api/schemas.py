@@ -177,8 +177,12 @@ class PredictOptions(BaseModel):
         description="The model's name.",
         json_schema_extra={"pattern": MODEL_NAME_PATTERN},
     )
-    version: int | None = Field(default=None, ge=1, description="Default: the latest.")
-    label: str | None = Field(default=None, min_length=1, max_length=255)
+    version: int | None = Field(
+        default=None, ge=1, description="A served version. Default: the label `stable`."
+    )
+    label: str | None = Field(
+        default=None, min_length=1, max_length=255, description="Default: `stable`."
+    )
     top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="At most the model's K.")
 
 
@@ -211,30 +215,47 @@ class PredictResponse(BaseModel):
 class ModelSummary(BaseModel):
     name: str
     versions: list[int] = Field(description="Versions on disk, oldest first.")
+    labels: dict[str, int] = Field(description="Label → version, e.g. stable and canary.")
 
 
 class ModelList(BaseModel):
     models: list[ModelSummary]
 
 
-class ServingStatus(BaseModel):
-    """A version's state as the model server reports it (TensorFlow Serving's names)."""
-
-    state: str = Field(description="START, LOADING, AVAILABLE, UNLOADING, END or UNKNOWN.")
-    error_code: str = Field(description="A gRPC status code name; OK when all is well.")
-    error_message: str
-
-
 class VersionView(BaseModel):
     version: int
-    status: ServingStatus
-    model_card: dict[str, Any] | None
+    served: bool = Field(description="Whether models.config asks the model server to load it.")
+    state: str = Field(
+        description="As the model server reports it: START, LOADING, AVAILABLE, UNLOADING,"
+        " END; NOT_LOADED when it does not know the version; UNKNOWN when it cannot be asked."
+    )
+    error: str | None = Field(description="The model server's error for this version, if any.")
+    labels: list[str]
+    created_at: str | None = Field(description="When the version was exported (ISO 8601).")
+    metrics: dict[str, Any] = Field(description="Its evaluation on its own held-out split.")
+    promotion: dict[str, Any] | None = Field(
+        description="The champion/challenger decision taken when it was published."
+    )
     onnx_url: str | None = Field(description="Where to download the ONNX file, if it has one.")
 
 
 class ModelDetail(BaseModel):
     name: str
+    labels: dict[str, int]
     versions: list[VersionView]
+
+
+class LabelMove(BaseModel):
+    """``PUT /models/{name}/labels/{label}``: the version the label should point at."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+
+
+class Deleted(BaseModel):
+    name: str
+    deleted_versions: list[int]
 
 
 # -- health ----------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ rendered with the project's own copy of ``ModelServerConfig`` (``protos/service/
 so the API, which has no tensorflow-serving-api, reads and writes the same repository.
 
 Each version holds ``assets.extra/`` with ``model.onnx``, ``model_card.json``, ``labels.txt``
-and ``tf_serving_warmup_requests``.
+and ``tf_serving_warmup_requests``. Next to the versions, each model keeps its serving
+state (``serving_state``): which versions are served and under which labels. A published
+version is not served until a label move (``service.contract.lifecycle``) serves it.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import text_format
 
 from service.contract.model_server_config_pb2 import ModelServerConfig
 from service.contract.names import check_model_name, is_model_name
+from service.contract.serving_state import STABLE, STATE_FILE, ServingState
+from service.errors import ModelNotFoundError, VersionNotFoundError
 
 # Inside each version: TF Serving reads assets.extra/ as files that are not the model.
 ASSETS_EXTRA = "assets.extra"
@@ -41,11 +45,13 @@ WARMUP_FILE = "tf_serving_warmup_requests"  # TF Serving's name: it replays thes
 STAGING_PREFIX = ".staging-"
 CONFIG_NAME = "models.config"
 _CONFIG_TMP_PREFIX = ".models.config.tmp-"
+DELETED_PREFIX = ".deleted-"
 _NUMBER = re.compile(r"[0-9]+")
 # What rename(2) says when the target version already exists: another publisher won it.
 _TAKEN = {errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR}
 # Serialises config rewrites between threads of this process; flock covers other processes.
 _PROCESS_LOCK = threading.Lock()
+T = TypeVar("T")
 
 
 class ModelRepository:
@@ -55,17 +61,11 @@ class ModelRepository:
         root: the repository directory; created on first write.
         base_path_prefix: where the server sees ``root`` (e.g. ``/models`` inside its
             container); ``None`` writes the local absolute path.
-        num_versions: how many of the latest versions the server keeps loaded.
     """
 
-    def __init__(
-        self, root: Path, base_path_prefix: str | None = None, num_versions: int = 1
-    ) -> None:
-        if num_versions < 1:
-            raise ValueError(f"num_versions must be at least 1, got {num_versions}")
+    def __init__(self, root: Path, base_path_prefix: str | None = None) -> None:
         self.root = Path(root).absolute()
         self.base_path_prefix = base_path_prefix
-        self.num_versions = num_versions
         self.config_path = self.root / CONFIG_NAME
 
     def model_dir(self, model: str) -> Path:
@@ -140,7 +140,9 @@ class ModelRepository:
         ``stamp(staging_dir, version)`` may record the version number inside (the model
         card does), everything is fsynced and the directory is renamed to that number. If
         anything before the rename raises, the staging directory is removed and no version
-        appears. Concurrent publishers, threads or processes, get distinct versions.
+        appears. Concurrent publishers, threads or processes, get distinct versions, and
+        a number is never reused, even after its version was deleted. The new version is
+        not served: a label move serves it.
         """
         model_dir = self.model_dir(model)
         _check_staging(model_dir, Path(staging_dir))
@@ -148,13 +150,80 @@ class ModelRepository:
             if verify is not None:
                 verify(staging_dir)
             with self._config_lock():
-                version = _rename_to_next_version(model_dir, Path(staging_dir), stamp)
+                state = self._read_state(model)
+                floor = state.max_version
+                version = _rename_to_next_version(model_dir, Path(staging_dir), stamp, floor)
+                _fsync_dir(model_dir)  # the new name must survive a crash, not just the bytes
+                state.max_version = max(state.max_version, version)
+                self._write_state(model, state)
+                self._write_config()
         except BaseException:
             shutil.rmtree(staging_dir, ignore_errors=True)
             raise
-        _fsync_dir(model_dir)  # the new name must survive a crash, not just the bytes
-        self.write_models_config()
         return version
+
+    # -- serving state ------------------------------------------------------------------
+
+    def serving_state(self, model: str) -> ServingState:
+        """The serving state of ``model`` (empty for a model that has none yet)."""
+        return self._read_state(check_model_name(model))
+
+    def update_state(self, model: str, change: Callable[[ServingState], T]) -> T:
+        """Apply ``change`` to ``model``'s serving state under the repository lock, then
+        write the state and ``models.config`` atomically. If ``change`` raises, nothing
+        is written."""
+        check_model_name(model)
+        with self._config_lock():
+            state = self._read_state(model)
+            result = change(state)
+            state.expire()
+            self._write_state(model, state)
+            self._write_config()
+        return result
+
+    def require_version(self, model: str, version: int) -> Path:
+        """The folder of an existing version (``ModelNotFoundError``/``VersionNotFoundError``)."""
+        versions = self.versions(model)
+        if version not in versions:
+            if not versions and not self.state_path(model).exists():
+                raise ModelNotFoundError(f"No model named {model!r} in the model repository")
+            raise VersionNotFoundError(f"Model {model!r} has no version {version}")
+        return self.version_path(model, version)
+
+    def remove_version(self, model: str, version: int) -> None:
+        """Take a version off disk: renamed out of TF Serving's sight first, then deleted.
+
+        The caller has made sure no label serves it and the model server unloaded it.
+        """
+        path = self.require_version(model, version)
+        with self._config_lock():
+            state = self._read_state(model)
+            if version in state.served:
+                raise ValueError(f"version {version} of {model!r} is still served")
+            hidden = path.parent / f"{DELETED_PREFIX}{version}-{secrets.token_hex(4)}"
+            os.rename(path, hidden)
+            _fsync_dir(path.parent)
+            state.forget(version)
+            self._write_state(model, state)
+            self._write_config()
+        shutil.rmtree(hidden, ignore_errors=True)
+
+    def state_path(self, model: str) -> Path:
+        return self.model_dir(model) / STATE_FILE
+
+    def _read_state(self, model: str) -> ServingState:
+        try:
+            return ServingState.from_json(self.state_path(model).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            pass
+        # A model published before serving states existed: it served its latest version.
+        versions = self.versions(model)
+        if not versions:
+            return ServingState()
+        return ServingState(labels={STABLE: versions[-1]}, max_version=versions[-1])
+
+    def _write_state(self, model: str, state: ServingState) -> None:
+        _atomic_write(self.state_path(model), state.to_json())
 
     def clean_stale_staging(self, min_age_seconds: float = 0.0) -> list[Path]:
         """Remove staging directories and config temp files a crash left; return them.
@@ -165,49 +234,48 @@ class ModelRepository:
         if not self.root.is_dir():
             return []
         cutoff = time.time() - min_age_seconds
-        removed = [
-            p
-            for p in self.root.glob(f"*/{STAGING_PREFIX}*")
-            if _is_real_dir(p) and _mtime(p) <= cutoff
-        ]
+        # Deleted versions are renamed out of sight before removal; a crash may leave them.
+        folders = [*self.root.glob(f"*/{STAGING_PREFIX}*"), *self.root.glob(f"*/{DELETED_PREFIX}*")]
+        removed = [p for p in folders if _is_real_dir(p) and _mtime(p) <= cutoff]
         for path in removed:
             shutil.rmtree(path, ignore_errors=True)
         with self._config_lock():
-            leftovers = [p for p in self.root.glob(f"{_CONFIG_TMP_PREFIX}*") if _mtime(p) <= cutoff]
+            temps = [*self.root.glob(f"{_CONFIG_TMP_PREFIX}*"), *self.root.glob("*/.*.tmp-*")]
+            leftovers = [p for p in temps if p.is_file() and _mtime(p) <= cutoff]
             for path in leftovers:
                 path.unlink(missing_ok=True)
         return sorted(removed + leftovers)
 
     def write_models_config(self) -> None:
-        """Atomically rewrite ``<repo>/models.config`` to list every published model."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Atomically rewrite ``<repo>/models.config`` from every model's serving state."""
         with self._config_lock():
-            # Read the models under the lock: a config built before it could drop a model
-            # that another process published while this one waited.
-            text = text_format.MessageToString(self._build_config())
-            tmp = self.root / f"{_CONFIG_TMP_PREFIX}{secrets.token_hex(8)}"
-            try:
-                with open(tmp, "w", encoding="utf-8") as f:
-                    f.write(text)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.config_path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            _fsync_dir(self.root)
+            self._write_config()
 
-    def _build_config(self) -> ModelServerConfig:
+    def render_config(self) -> ModelServerConfig:
+        """``models.config`` as the serving states say: each model with a served version,
+        a ``specific`` policy listing the served versions, and its labels."""
         config = ModelServerConfig()
-        # A model with no version yet (only a staging directory) is left out: the server
-        # would wait at start-up for a model that has nothing to load.
-        for model in (m for m in self.models() if self.versions(m)):
+        config.model_config_list.SetInParent()
+        for model in self.models():
+            state = self._read_state(model)
+            on_disk = set(self.versions(model))
+            served = [v for v in state.served if v in on_disk]
+            if not served:
+                continue  # nothing to load: TF Serving would wait for it at start-up
             entry = config.model_config_list.config.add()
             entry.name = model
             entry.base_path = self._base_path(model)
             entry.model_platform = "tensorflow"
-            entry.model_version_policy.latest.num_versions = self.num_versions
+            entry.model_version_policy.specific.versions.extend(served)
+            for label, version in sorted(state.labels.items()):
+                if version in on_disk:
+                    entry.version_labels[label] = version
         return config
+
+    def _write_config(self) -> None:
+        # Called under the lock: a config built before it could drop a model that another
+        # process published while this one waited.
+        _atomic_write(self.config_path, text_format.MessageToString(self.render_config()))
 
     def _base_path(self, model: str) -> str:
         if self.base_path_prefix is None:
@@ -223,6 +291,22 @@ class ModelRepository:
                 yield
             finally:
                 os.close(fd)  # closing the descriptor releases the flock
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` by rename, so a reader sees the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def read_model_card(version_dir: Path) -> dict[str, Any] | None:
@@ -269,9 +353,9 @@ def _check_staging(model_dir: Path, staging_dir: Path) -> None:
 
 
 def _rename_to_next_version(
-    model_dir: Path, staging_dir: Path, stamp: Callable[[Path, int], None] | None
+    model_dir: Path, staging_dir: Path, stamp: Callable[[Path, int], None] | None, floor: int
 ) -> int:
-    candidate = _highest_number(model_dir) + 1
+    candidate = max(_highest_number(model_dir), floor) + 1
     while True:
         if stamp is not None:
             stamp(staging_dir, candidate)

@@ -63,6 +63,14 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
     seed: int = Field(default=1337, ge=0)
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
+
+    # Champion/challenger: after training, the new version and the current `stable` one are
+    # evaluated on this job's held-out images. "auto" promotes the new one to `stable` when
+    # its accuracy is at least stable's minus promote_tolerance (and min_accuracy, if set);
+    # otherwise it is served under `canary`. "always" and "never" skip the comparison.
+    promote: Literal["auto", "always", "never"] = "auto"
+    min_accuracy: float | None = Field(default=None, ge=0.0, le=1.0)
+    promote_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
     xla: Literal["auto", "on", "off"] = "auto"
 
     @model_validator(mode="after")

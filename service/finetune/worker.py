@@ -139,7 +139,7 @@ class Worker:
         published = self.repository.find_job_version(job.model_name, job.id)
         if published is not None:  # a previous attempt got as far as publishing
             log.info("job %s: version %d was already published", job.id, published)
-            return published_result(self.repository, job.model_name, published)
+            return published_result(self.repository, job.model_name, published, self.settings)
         reporter = _ProgressReporter(self.store, job, self.worker_id)
         hooks = Hooks(progress=reporter, should_cancel=control.should_stop)
 

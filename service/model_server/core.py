@@ -7,6 +7,7 @@ batches requests.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import Executor
@@ -31,6 +32,8 @@ from service.model_server.manager import ModelManager, VersionRecord
 from service.model_server.metrics import ServerMetrics
 from service.model_server.servable import PreparedPredict, Servable
 from service.model_server.status import ServingError, invalid_argument
+
+log = logging.getLogger(__name__)
 
 SIGNATURE_DEF = "signature_def"
 T = TypeVar("T")
@@ -86,17 +89,31 @@ class ModelServerCore:
     async def reload_config(
         self, request: model_management_pb2.ReloadConfigRequest
     ) -> model_management_pb2.ReloadConfigResponse:
-        """Serve the models in ``request.config``; answers once they loaded or failed."""
-        response = model_management_pb2.ReloadConfigResponse()
+        """Serve the models in ``request.config``; answers once they loaded or failed.
+
+        Raises:
+            ServingError: INVALID_ARGUMENT for a config that does not make sense,
+                FAILED_PRECONDITION for a label on a version that is not AVAILABLE. TensorFlow
+                Serving returns a failed reload as the call's status (its response status
+                never reaches the client then), and so does this server.
+        """
         try:
             await self.apply_config(request.config)
-        except ConfigError as exc:
-            response.status.error_code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-            response.status.error_message = str(exc)
+        except ServingError as exc:
+            log.error("ReloadConfig failed: %s", exc.message)
+            raise
+        response = model_management_pb2.ReloadConfigResponse()
+        # TensorFlow Serving always sets the status; OK is the empty StatusProto.
+        response.status.SetInParent()
         return response
 
     async def apply_config(self, config: ModelServerConfig) -> None:
-        self.manager.set_config(model_settings(config))
+        """Check ``config``, hand it to the manager and poll once (see ``reload_config``)."""
+        try:
+            models = model_settings(config)
+        except ConfigError as exc:
+            raise invalid_argument(str(exc)) from exc
+        self.manager.set_config(models)
         await asyncio.get_running_loop().run_in_executor(self._executor, self.manager.poll)
 
     async def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:

@@ -5,6 +5,8 @@ and warms up the new ones, and only then unloads the ones no longer wanted, so a
 never goes dark during a swap (TensorFlow Serving's availability-preserving policy). A
 version that fails to load is reported as END with its error and the old one keeps serving.
 A request holds its version until it finishes: unloading waits for requests in flight.
+A new config may only label versions that are AVAILABLE already, TensorFlow Serving's rule;
+``--allow_version_labels_for_unavailable_models`` relaxes it for labels that do not move.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ from tensorflow_serving.apis import model_pb2
 
 from service.model_server.config import ModelSettings
 from service.model_server.servable import LoadError, Servable, has_saved_model
-from service.model_server.status import ServingError, invalid_argument, not_found, unavailable
+from service.model_server.status import (
+    ServingError,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+    unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +96,24 @@ def versions_on_disk(base_path: Path) -> list[int]:
 class ModelManager:
     """Loads, serves and unloads model versions; thread-safe."""
 
-    def __init__(self, loader: Loader, unload_wait_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        loader: Loader,
+        unload_wait_seconds: float = 60.0,
+        *,
+        allow_version_labels_for_unavailable_models: bool = False,
+    ) -> None:
+        """Manage no models yet; ``set_config`` names them.
+
+        Args:
+            loader: Loads one version from its folder; whatever it raises ends the version.
+            unload_wait_seconds: How long an unload waits for requests still using it.
+            allow_version_labels_for_unavailable_models: TensorFlow Serving's flag: a
+                config may give a new label to a version that is not AVAILABLE yet.
+        """
         self._loader = loader
         self._unload_wait = unload_wait_seconds
+        self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self._lock = threading.Condition()
         self._poll_lock = threading.Lock()
         self._models: dict[str, ModelRecord] = {}
@@ -98,8 +121,14 @@ class ModelManager:
         self.ready = False  # set after the first poll: every configured model was tried
 
     def set_config(self, models: dict[str, ModelSettings]) -> None:
-        """Serve exactly ``models`` from the next poll on."""
+        """Serve exactly ``models`` from the next poll on.
+
+        Raises:
+            ServingError: FAILED_PRECONDITION when a version label names a version that is
+                not AVAILABLE now; the current models and labels then stay as they are.
+        """
         with self._lock:
+            self._check_labels(models)
             for name, settings in models.items():
                 record = self._models.get(name)
                 if record is None:
@@ -158,6 +187,41 @@ class ModelManager:
         with self._poll_lock:
             for name in self.model_names():
                 self._retire_model(name)
+
+    # -- labels -------------------------------------------------------------------------
+
+    def _check_labels(self, models: dict[str, ModelSettings]) -> None:
+        """Refuse the whole config if one label names a version that cannot answer now.
+
+        TensorFlow Serving's ``UpdateModelVersionLabelMap`` runs before the config's models
+        are added, so a label can only name a version that an earlier config loaded.
+        The caller holds the lock.
+        """
+        for name, settings in models.items():
+            for label, version in settings.labels.items():
+                if not self._may_label(name, label, version):
+                    raise failed_precondition(
+                        f"Request to assign label to version {version} of model {name},"
+                        " which is not currently available for inference"
+                    )
+
+    def _may_label(self, name: str, label: str, version: int) -> bool:
+        model = self._models.get(name)
+        record = None if model is None else model.versions.get(version)
+        if record is not None and record.state == State.AVAILABLE:
+            return True
+        if not self._allow_unavailable_labels:
+            return False
+        # Even with the flag a label may not move off the version it names now: its
+        # requests would fail until the new version loaded. A new label has none to break.
+        return self._current_labels(name).get(label, version) == version
+
+    def _current_labels(self, name: str) -> dict[str, int]:
+        model = self._models.get(name)
+        # A model the last config dropped lost its labels, even before a poll retires it.
+        if model is None or name in self._removed:
+            return {}
+        return model.settings.labels
 
     # -- resolution ---------------------------------------------------------------------
 

@@ -52,6 +52,8 @@ class ServerOptions:
     grpc_max_message_bytes: int = GRPC_MAX_MESSAGE_BYTES
     grpc_channel_arguments: str = ""
     enable_grpc_healthcheck_service: bool = False
+    # Lets a config label a version that is not loaded yet, unless that moves the label.
+    allow_version_labels_for_unavailable_models: bool = False
     # Seconds a SIGTERM waits for requests in flight before the server exits anyway.
     shutdown_grace_seconds: float = 30.0
 
@@ -101,6 +103,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     flags.add_argument("--grpc_channel_arguments", default=defaults.grpc_channel_arguments)
     _bool_flag(flags, "--enable_grpc_healthcheck_service", defaults.enable_grpc_healthcheck_service)
+    _bool_flag(
+        flags,
+        "--allow_version_labels_for_unavailable_models",
+        defaults.allow_version_labels_for_unavailable_models,
+    )
     flags.add_argument(
         "--shutdown_grace_seconds", type=float, default=defaults.shutdown_grace_seconds
     )

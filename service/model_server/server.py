@@ -36,6 +36,7 @@ from service.model_server.manager import ModelManager, load_servable
 from service.model_server.metrics import ServerMetrics
 from service.model_server.options import ServerOptions
 from service.model_server.rest import create_app
+from service.model_server.status import ServingError
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +90,18 @@ class _Poller(threading.Thread):
             log.exception("polling the model repository failed")
 
     def _reload_config_file(self) -> None:
+        # TensorFlow Serving's PollFilesystemAndReloadConfig, messages included: a refused
+        # config keeps the current models and labels, and the next poll tries the file again.
         assert self._options.model_config_file is not None
         try:
-            models = model_settings(read_model_server_config(self._options.model_config_file))
+            config = read_model_server_config(self._options.model_config_file)
         except ConfigError as exc:
-            log.error("keeping the current models: %s", exc)
+            log.error("Failed to read ModelServerConfig file: %s", exc)
             return
-        self._manager.set_config(models)
+        try:
+            self._manager.set_config(model_settings(config))
+        except (ConfigError, ServingError) as exc:
+            log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", exc)
 
 
 def _grpc_options(options: ServerOptions) -> list[tuple[str, int | str]]:
@@ -110,13 +116,34 @@ def _grpc_options(options: ServerOptions) -> list[tuple[str, int | str]]:
     return args
 
 
+def _start_manager(options: ServerOptions) -> ModelManager:
+    """A manager holding the initial config, which nothing has loaded yet.
+
+    Raises:
+        ConfigError: the config is invalid, or labels a version (none is AVAILABLE yet)
+            without ``--allow_version_labels_for_unavailable_models``; TensorFlow Serving
+            refuses to start then too.
+    """
+    manager = ModelManager(
+        partial(load_servable, warmup=options.enable_model_warmup),
+        allow_version_labels_for_unavailable_models=(
+            options.allow_version_labels_for_unavailable_models
+        ),
+    )
+    try:
+        manager.set_config(model_settings(initial_config(options)))
+    except ServingError as exc:
+        raise ConfigError(exc.message) from exc
+    return manager
+
+
 async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> None:
     """Serve until ``stop`` is set or the process gets SIGTERM/SIGINT.
 
     Raises:
         ConfigError: a configuration file is missing or invalid.
     """
-    models = model_settings(initial_config(options))
+    manager = _start_manager(options)
     batching = None
     if options.enable_batching:
         params = read_batching_parameters(options.batching_parameters_file)
@@ -131,8 +158,6 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
         max_workers=max(4, os.cpu_count() or 1), thread_name_prefix="model"
     )
     metrics = ServerMetrics()
-    manager = ModelManager(partial(load_servable, warmup=options.enable_model_warmup))
-    manager.set_config(models)
     core = ModelServerCore(manager, executor, metrics)
     batcher = None
     if batching is not None:

@@ -66,6 +66,10 @@ def unavailable(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.UNAVAILABLE, message)
 
 
+def failed_precondition(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
 def predict_only(method: str) -> ServingError:
     """What Classify, Regress and MultiInference answer: the models export Predict only."""
     return ServingError(

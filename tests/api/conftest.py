@@ -29,7 +29,7 @@ from tests.support.servers import (
     ServerProcess,
     add_version,
     free_port,
-    repo_flags,
+    labelled_flags,
 )
 from tests.support.trained import Template
 
@@ -165,11 +165,11 @@ def model_server(
     tmp_path_factory: pytest.TempPathFactory,
     template: Template,
 ) -> Iterator[tuple[ServerProcess, Path]]:
-    """``ftserve model-server`` serving version 1 of ``shapes`` from a fresh repository."""
+    """``ftserve model-server`` serving version 1 of ``shapes``, labelled ``stable``."""
     root = tmp_path_factory.mktemp("api-model-server")
     repo = root / "models"
-    assert add_version(repo, template.version_dir) == 1
-    process = ServerProcess(FTSERVE, repo_flags(repo), root / "server.log")
+    assert add_version(repo, template.version_dir, label="stable") == 1
+    process = ServerProcess(FTSERVE, labelled_flags(repo), root / "server.log")
     try:
         process.wait_for_version(1)
         yield process, repo

@@ -14,31 +14,41 @@ from tests.support.trained import Template
 ONNX = Path("assets.extra/model.onnx")
 
 
-def available() -> dict:
-    return {"state": "AVAILABLE", "error_code": "OK", "error_message": ""}
-
-
 def test_list_models_reads_the_repository(served_client: TestClient, model_server):
     _, repo = model_server
     (repo / "empty" / ".staging-abc").mkdir(parents=True)  # no version: not listed
     (repo / "Not-A-Model").mkdir(exist_ok=True)
     response = served_client.get("/models")
     assert response.status_code == 200
-    assert response.json() == {"models": [{"name": MODEL, "versions": [1]}]}
+    assert response.json() == {
+        "models": [{"name": MODEL, "versions": [1], "labels": {"stable": 1}}]
+    }
 
 
-def test_describe_model_has_status_card_and_onnx_link(served_client: TestClient, model_server):
+def test_describe_model_has_labels_state_metrics_and_onnx_link(
+    served_client: TestClient, model_server
+):
     _, repo = model_server
     card = json.loads((repo / MODEL / "1" / "assets.extra" / "model_card.json").read_text())
     response = served_client.get(f"/models/{MODEL}")
     assert response.status_code == 200, response.text
+    evaluation = card["evaluation"]
     assert response.json() == {
         "name": MODEL,
+        "labels": {"stable": 1},
         "versions": [
             {
                 "version": 1,
-                "status": available(),
-                "model_card": card,
+                "served": True,
+                "state": "AVAILABLE",
+                "error": None,
+                "labels": ["stable"],
+                "created_at": card["created"],
+                "metrics": {
+                    key: evaluation[key]
+                    for key in ("accuracy", "top_k_accuracy", "loss", "macro_f1", "count")
+                },
+                "promotion": None,
                 "onnx_url": f"/models/{MODEL}/versions/1/onnx",
             }
         ],
@@ -54,29 +64,29 @@ def test_versions_the_server_does_not_report_say_so(
     add_version(repo, template.version_dir)
     add_version(repo, template.version_dir, model="unserved")
     client = make_client(model_server=f"127.0.0.1:{process.port}", model_repo=repo)
-    statuses = [v["status"] for v in client.get(f"/models/{MODEL}").json()["versions"]]
-    not_served = {
-        "state": "UNKNOWN",
-        "error_code": "NOT_FOUND",
-        "error_message": "The model server does not report this version",
-    }
-    assert statuses == [available(), not_served]
+    versions = client.get(f"/models/{MODEL}").json()["versions"]
+    # The module's server has version 1 of this name loaded; version 2 it does not know.
+    assert [(v["state"], v["served"], v["error"]) for v in versions] == [
+        ("AVAILABLE", False, None),
+        ("NOT_LOADED", False, None),
+    ]
     unserved = client.get("/models/unserved").json()["versions"]
-    assert [v["status"] for v in unserved] == [not_served]
+    assert [(v["state"], v["served"]) for v in unserved] == [("NOT_LOADED", False)]
 
 
 def test_model_server_down_is_reported_per_version(
     make_client: MakeClient, tmp_path: Path, template: Template
 ):
     repo = tmp_path / "repo"
-    add_version(repo, template.version_dir)
+    add_version(repo, template.version_dir, label="stable")
     client = make_client(model_server=closed_address(), model_repo=repo)
     response = client.get(f"/models/{MODEL}")
     assert response.status_code == 200
     (version,) = response.json()["versions"]
-    assert version["status"]["state"] == "UNKNOWN"
-    assert version["status"]["error_code"] == "UNAVAILABLE"
-    assert version["model_card"] is not None
+    assert version["state"] == "UNKNOWN"
+    assert "unavailable" in version["error"]
+    assert (version["served"], version["labels"]) == (True, ["stable"])
+    assert version["metrics"]["accuracy"] >= 0
 
 
 def test_download_onnx(served_client: TestClient, model_server):
@@ -105,7 +115,7 @@ def test_version_without_onnx_is_404(make_client: MakeClient, tmp_path: Path, te
         ("/models/..%2F..%2Fetc", 404, "not_found"),  # decoded "/" matches no route
         ("/models/...", 400, "invalid_model_name"),
         ("/models/.staging-x", 400, "invalid_model_name"),
-        (f"/models/{MODEL}/versions/2/onnx", 404, "model_not_found"),
+        (f"/models/{MODEL}/versions/2/onnx", 404, "version_not_found"),
         ("/models/unknown/versions/1/onnx", 404, "model_not_found"),
         ("/models/..%2Fx/versions/1/onnx", 404, "not_found"),
         ("/models/-x/versions/1/onnx", 400, "invalid_model_name"),

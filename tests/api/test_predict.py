@@ -92,8 +92,8 @@ def test_url_safe_base64_is_accepted(served_client: TestClient, template: Templa
         ({"instances": [{"b64": "!!not base64!!"}]}, 400, "invalid_base64"),
         ({"instances": [{"b64": b64(b"hello, not an image")}]}, 400, "not_an_image"),
         ({"model": "unknown"}, 404, "model_not_found"),
-        ({"version": 7}, 404, "model_not_found"),
-        ({"label": "canary"}, 404, "model_not_found"),
+        ({"version": 7}, 404, "version_not_found"),
+        ({"label": "canary"}, 404, "label_not_found"),
         ({"version": 1, "label": "stable"}, 400, "bad_request"),
         ({"model": "../etc"}, 400, "invalid_model_name"),
         ({"instances": []}, 422, "unprocessable"),
@@ -192,22 +192,53 @@ def test_predictions_match_the_models_own_probabilities(
     np.testing.assert_allclose(scores, answer["probabilities"].max(axis=1), rtol=1e-6)
 
 
-def test_a_published_model_the_server_has_not_loaded_yet_is_503_with_retry_after(
+def test_a_labelled_version_the_server_has_not_loaded_yet_is_503_with_retry_after(
     served_client: TestClient, model_server, template: Template
 ):
     _, repo = model_server
     fresh = repo / "fresh" / "1"
-    fresh.mkdir(parents=True)  # published a moment ago; the server polls the config later
+    fresh.mkdir(parents=True)  # labelled a moment ago; the server polls the config later
+    (repo / "fresh" / "serving.json").write_text('{"labels": {"stable": 1}, "max_version": 1}')
     try:
         response = served_client.post(
             "/predict", json={"model": "fresh", "instances": instances(template.image())}
         )
         assert error_of(response) == (503, "model_server_unavailable")
         assert int(response.headers["retry-after"]) > 0
+        loading = served_client.post(
+            "/predict",
+            json={"model": "fresh", "version": 1, "instances": instances(template.image())},
+        )
+        assert error_of(loading) == (503, "model_server_unavailable")
         unknown_version = served_client.post(
             "/predict",
             json={"model": "fresh", "version": 2, "instances": instances(template.image())},
         )
-        assert error_of(unknown_version) == (404, "model_not_found")
+        assert error_of(unknown_version) == (404, "version_not_found")
+        unknown_label = served_client.post(
+            "/predict",
+            json={"model": "fresh", "label": "canary", "instances": instances(template.image())},
+        )
+        assert error_of(unknown_label) == (404, "label_not_found")
+    finally:
+        shutil.rmtree(repo / "fresh")
+
+
+def test_a_version_on_disk_but_not_served_is_404_saying_how_to_serve_it(
+    served_client: TestClient, model_server, template: Template
+):
+    _, repo = model_server
+    (repo / "fresh" / "1").mkdir(parents=True)
+    (repo / "fresh" / "2").mkdir(parents=True)
+    (repo / "fresh" / "serving.json").write_text('{"labels": {"stable": 2}, "max_version": 2}')
+    try:
+        response = served_client.post(
+            "/predict",
+            json={"model": "fresh", "version": 1, "instances": instances(template.image())},
+        )
+        assert error_of(response) == (404, "version_not_served")
+        message = response.json()["error"]["message"]
+        assert "served: 2" in message
+        assert "PUT /models/fresh/labels/<label>" in message
     finally:
         shutil.rmtree(repo / "fresh")

@@ -40,15 +40,23 @@ def read_config(repo: ModelRepository) -> ModelServerConfig:
     return text_format.Parse(repo.config_path.read_text(), ModelServerConfig())
 
 
-def expected_config(*models: tuple[str, str], num_versions: int = 1) -> ModelServerConfig:
+def expected_config(*models: tuple[str, str, dict[str, int]]) -> ModelServerConfig:
+    """Each model served at the versions its labels name, with those labels."""
     config = ModelServerConfig()
-    for name, base_path in models:
+    config.model_config_list.SetInParent()
+    for name, base_path, labels in models:
         entry = config.model_config_list.config.add()
         entry.name = name
         entry.base_path = base_path
         entry.model_platform = "tensorflow"
-        entry.model_version_policy.latest.num_versions = num_versions
+        entry.model_version_policy.specific.versions.extend(sorted(set(labels.values())))
+        for label, version in labels.items():
+            entry.version_labels[label] = version
     return config
+
+
+def label(repo: ModelRepository, model: str, name: str, version: int) -> None:
+    repo.update_state(model, lambda state: state.set_label(name, version))
 
 
 @pytest.fixture
@@ -64,7 +72,7 @@ def test_publish_gives_1_then_2_and_moves_contents_intact(repo: ModelRepository)
 
     assert (first, second) == (1, 2)
     assert not staging.exists()
-    assert entries(repo.root / "flowers") == ["1", "2"]
+    assert entries(repo.root / "flowers") == ["1", "2", "serving.json"]
     version_1 = repo.version_path("flowers", 1)
     assert version_1 == repo.root / "flowers" / "1"
     assert entries(version_1) == ["marker.txt", "saved_model.pb", "variables"]
@@ -179,7 +187,8 @@ def test_eight_threads_publish_eight_distinct_versions(repo: ModelRepository):
     assert repo.versions("flowers") == [1, 2, 3, 4, 5, 6, 7, 8]
     for marker, version in results.items():
         assert (repo.version_path("flowers", version) / "marker.txt").read_text() == marker
-    assert entries(repo.root / "flowers") == ["1", "2", "3", "4", "5", "6", "7", "8"]
+    assert entries(repo.root / "flowers") == [*"12345678", "serving.json"]
+    assert repo.serving_state("flowers").max_version == 8
 
 
 def publish_twice_in_process(root: str, worker: int, barrier: Any) -> None:
@@ -210,7 +219,8 @@ def test_four_processes_publish_eight_distinct_versions(repo: ModelRepository):
     assert repo.versions("flowers") == [1, 2, 3, 4, 5, 6, 7, 8]
     markers = {(repo.version_path("flowers", v) / "marker.txt").read_text() for v in range(1, 9)}
     assert markers == {f"process-{w}-{i}" for w in range(4) for i in range(2)}
-    assert read_config(repo) == expected_config(("flowers", str(repo.root / "flowers")))
+    assert repo.serving_state("flowers").max_version == 8
+    assert read_config(repo) == expected_config()  # published, but nothing serves them yet
 
 
 def test_publish_takes_the_next_number_when_another_publisher_wins_the_race(
@@ -336,23 +346,38 @@ def test_models_lists_valid_model_directories_sorted(repo: ModelRepository):
     assert repo.models() == ["daisies", "tulips"]
 
 
-def test_models_config_lists_every_published_model(repo: ModelRepository):
+def test_a_published_version_is_not_served_until_a_label_points_at_it(repo: ModelRepository):
+    publish_marker(repo, "tulips", "v1")
+    assert read_config(repo) == expected_config()
+    label(repo, "tulips", "stable", 1)
+    assert read_config(repo) == expected_config(
+        ("tulips", str(repo.root / "tulips"), {"stable": 1})
+    )
+
+
+def test_models_config_lists_every_served_model_with_its_labels(repo: ModelRepository):
     publish_marker(repo, "tulips", "v1")
     publish_marker(repo, "daisies", "v1")
     publish_marker(repo, "daisies", "v2")
+    label(repo, "tulips", "stable", 1)
+    label(repo, "daisies", "stable", 1)
+    label(repo, "daisies", "canary", 2)
 
     assert read_config(repo) == expected_config(
-        ("daisies", str(repo.root / "daisies")), ("tulips", str(repo.root / "tulips"))
+        ("daisies", str(repo.root / "daisies"), {"stable": 1, "canary": 2}),
+        ("tulips", str(repo.root / "tulips"), {"stable": 1}),
     )
     assert all(Path(c.base_path).is_absolute() for c in read_config(repo).model_config_list.config)
     assert entries(repo.root) == [".lock", "daisies", "models.config", "tulips"]
 
 
-def test_models_config_uses_the_base_path_prefix_and_num_versions(tmp_path: Path):
-    repo = ModelRepository(tmp_path / "repo", base_path_prefix="/models/", num_versions=2)
+def test_models_config_uses_the_base_path_prefix(tmp_path: Path):
+    repo = ModelRepository(tmp_path / "repo", base_path_prefix="/models/")
     publish_marker(repo, "flowers", "v1")
+    publish_marker(repo, "flowers", "v2")
+    label(repo, "flowers", "stable", 2)
+    label(repo, "flowers", "canary", 1)
 
-    assert read_config(repo) == expected_config(("flowers", "/models/flowers"), num_versions=2)
     assert repo.config_path.read_text() == (
         "model_config_list {\n"
         "  config {\n"
@@ -360,9 +385,18 @@ def test_models_config_uses_the_base_path_prefix_and_num_versions(tmp_path: Path
         '    base_path: "/models/flowers"\n'
         '    model_platform: "tensorflow"\n'
         "    model_version_policy {\n"
-        "      latest {\n"
-        "        num_versions: 2\n"
+        "      specific {\n"
+        "        versions: 1\n"
+        "        versions: 2\n"
         "      }\n"
+        "    }\n"
+        "    version_labels {\n"
+        '      key: "canary"\n'
+        "      value: 1\n"
+        "    }\n"
+        "    version_labels {\n"
+        '      key: "stable"\n'
+        "      value: 2\n"
         "    }\n"
         "  }\n"
         "}\n"
@@ -375,15 +409,21 @@ def test_relative_root_still_writes_absolute_base_paths(
     monkeypatch.chdir(tmp_path)
     repo = ModelRepository(Path("repo"))
     publish_marker(repo, "flowers", "v1")
+    label(repo, "flowers", "stable", 1)
 
-    assert read_config(repo) == expected_config(("flowers", str(tmp_path / "repo" / "flowers")))
+    assert read_config(repo) == expected_config(
+        ("flowers", str(tmp_path / "repo" / "flowers"), {"stable": 1})
+    )
 
 
 def test_models_config_leaves_out_models_without_a_version(repo: ModelRepository):
     with repo.staging("tulips"):
         publish_marker(repo, "daisies", "v1")
+        label(repo, "daisies", "stable", 1)
 
-        assert read_config(repo) == expected_config(("daisies", str(repo.root / "daisies")))
+        assert read_config(repo) == expected_config(
+            ("daisies", str(repo.root / "daisies"), {"stable": 1})
+        )
 
 
 def test_models_config_rewrite_replaces_the_file_and_leaves_no_temp_files(repo: ModelRepository):
@@ -393,11 +433,6 @@ def test_models_config_rewrite_replaces_the_file_and_leaves_no_temp_files(repo: 
 
     assert repo.config_path.stat().st_ino != inode_before  # replaced by rename, not rewritten
     assert entries(repo.root) == [".lock", "daisies", "models.config"]
-
-
-def test_num_versions_must_be_positive(tmp_path: Path):
-    with pytest.raises(ValueError, match=r"^num_versions must be at least 1, got 0$"):
-        ModelRepository(tmp_path, num_versions=0)
 
 
 def test_clean_stale_staging_spares_a_publish_younger_than_the_age(tmp_path: Path):

@@ -36,6 +36,9 @@ def test_defaults_fill_every_field_but_the_name():
         "seed": 1337,
         "precision": "auto",
         "xla": "auto",
+        "promote": "auto",
+        "min_accuracy": None,
+        "promote_tolerance": 0.0,
     }
 
 

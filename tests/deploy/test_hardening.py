@@ -180,7 +180,12 @@ def _labels(manifests: Manifests, component: str) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     ("source", "target", "port"),
-    [("api", "tf-serving", 8500), ("api", "postgres", 5432), ("worker", "postgres", 5432)],
+    [
+        ("api", "tf-serving", 8500),
+        ("worker", "tf-serving", 8500),
+        ("api", "postgres", 5432),
+        ("worker", "postgres", 5432),
+    ],
 )
 def test_components_reach_what_they_need(manifests: Manifests, source, target, port):
     src = _labels(manifests, source)
@@ -193,7 +198,9 @@ def test_components_reach_what_they_need(manifests: Manifests, source, target, p
     assert _ingress_allowed(manifests, dst, src, port)
 
 
-def test_tf_serving_accepts_only_the_api_grpc_clients_and_prometheus(manifests: Manifests):
+def test_tf_serving_accepts_only_the_api_workers_grpc_clients_and_prometheus(
+    manifests: Manifests,
+):
     tf_serving = _labels(manifests, "tf-serving")
     allowed = set()
     for policy in _policies(manifests, tf_serving, "Ingress"):
@@ -208,6 +215,7 @@ def test_tf_serving_accepts_only_the_api_grpc_clients_and_prometheus(manifests: 
                     allowed |= {(f"ns:{k}={v}", port) for k, v in labels.items() for port in ports}
     assert allowed == {
         ("pod:api", 8500),
+        ("pod:worker", 8500),
         ("ns:ftserve.io/grpc-client=true", 8500),
         ("ns:kubernetes.io/metadata.name=monitoring", 8501),
     }

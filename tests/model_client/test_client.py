@@ -17,6 +17,7 @@ import pytest
 from service import errors
 from service.model_client import PredictClient, PredictResult, VersionStatus
 from tests.model_server.conftest import (
+    ALLOW_LABELS,
     FTSERVE,
     IMAGE_SIZE,
     MODEL,
@@ -37,7 +38,8 @@ ALL_OUTPUTS = {"probabilities", "labels", "label_scores"}
 def server(tmp_path_factory: pytest.TempPathFactory, template: Template) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("serving-client")
     config_path = two_version_config(root, template.version_dir)
-    process = ServerProcess(FTSERVE, [f"--model_config_file={config_path}"], root / "server.log")
+    flags = [f"--model_config_file={config_path}", ALLOW_LABELS]
+    process = ServerProcess(FTSERVE, flags, root / "server.log")
     process.wait_for_version(1)
     process.wait_for_version(2)
     yield process

@@ -3,6 +3,7 @@
 Every server test runs ``ftserve model-server``; the compatibility tests also run
 ``tensorflow_model_server`` when ``TF_SERVING_BIN`` names one. Both are started with the
 same flags and driven only through the official ``tensorflow-serving-api`` stubs and HTTP.
+The manager tests' tiny SavedModel fixtures live in ``tiny_repo`` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -23,11 +24,24 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
+from tests.model_server.tiny_repo import loader, manager, repo, saved_model
 from tests.support import servers
 from tests.support.servers import FTSERVE, MODEL, add_version, free_port, repo_flags
 from tests.support.trained import Template
 
-__all__ = ["FTSERVE", "MODEL", "Template", "add_version", "free_port", "repo_flags"]
+# Re-exported: helpers for the tests here, and the tiny-model fixtures for pytest to find.
+__all__ = [
+    "FTSERVE",
+    "MODEL",
+    "Template",
+    "add_version",
+    "free_port",
+    "loader",
+    "manager",
+    "repo",
+    "repo_flags",
+    "saved_model",
+]
 
 IMAGE_SIZE = 32
 TF_SERVING = "tensorflow_model_server"
@@ -37,12 +51,14 @@ NO_TF_SERVING = (
 )
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
+# Both servers refuse to start on a config with labels without it: nothing is loaded yet.
+ALLOW_LABELS = "--allow_version_labels_for_unavailable_models=true"
 
 
 def two_version_config(root: Path, source: Path) -> Path:
     """Versions 1 and 2 of ``source`` under ``root/repo``, all served, ``stable`` → 1.
 
-    Returns the model config file.
+    Returns the model config file; a server started on it needs ``ALLOW_LABELS``.
     """
     repo = root / "repo"
     assert add_version(repo, source) == 1

@@ -22,6 +22,7 @@ from tensorflow_serving.apis import (
 
 from exporter.export import decode_batch
 from tests.model_server.conftest import (
+    ALLOW_LABELS,
     AVAILABLE,
     FTSERVE,
     IMAGE_SIZE,
@@ -52,7 +53,11 @@ def server(request: pytest.FixtureRequest, tmp_path_factory, template: Template)
     )
     process = ServerProcess(
         str(request.param),
-        [f"--model_config_file={config_path}", f"--monitoring_config_file={monitoring}"],
+        [
+            f"--model_config_file={config_path}",
+            f"--monitoring_config_file={monitoring}",
+            ALLOW_LABELS,
+        ],
         root / "server.log",
     )
     process.wait_for_version(1)

@@ -40,16 +40,21 @@ def test_the_written_config_parses_with_the_official_messages(tmp_path: Path):
     source.mkdir()
     (source / "saved_model.pb").write_bytes(b"\x08\x01")
     repo = ModelRepository(tmp_path / "repo")
-    add_version(repo.root, source, model="cats")
-    add_version(repo.root, source, model="dogs")
+    add_version(repo.root, source, model="cats", label="stable")
+    add_version(repo.root, source, model="cats", label="canary")
+    add_version(repo.root, source, model="dogs", label="stable")
 
     text = repo.config_path.read_text()
     parsed = text_format.Parse(text, official.ModelServerConfig())
-    assert [c.name for c in parsed.model_config_list.config] == ["cats", "dogs"]
-    assert parsed.model_config_list.config[0].base_path == str(repo.root / "cats")
+    cats, dogs = parsed.model_config_list.config
+    assert (cats.name, cats.base_path) == ("cats", str(repo.root / "cats"))
+    assert list(cats.model_version_policy.specific.versions) == [1, 2]
+    assert dict(cats.version_labels) == {"stable": 1, "canary": 2}
+    assert (dogs.name, dict(dogs.version_labels)) == ("dogs", {"stable": 1})
     # Byte-compatible too: the lean bytes parse as the official message and back.
     lean_config = text_format.Parse(text, lean.ModelServerConfig())
     assert official.ModelServerConfig.FromString(lean_config.SerializeToString()) == parsed
     # And the model server's own reader accepts it.
     settings = model_settings(read_model_server_config(repo.config_path))
     assert sorted(settings) == ["cats", "dogs"]
+    assert settings["cats"].labels == {"stable": 1, "canary": 2}

@@ -54,6 +54,7 @@ def test_defaults_are_tensorflow_servings():
     assert options.batching_parameters_file is None
     assert options.monitoring_config_file is None
     assert options.enable_grpc_healthcheck_service is False
+    assert options.allow_version_labels_for_unavailable_models is False
     assert options.grpc_max_message_bytes == GRPC_MAX_MESSAGE_BYTES == 2**31 - 1
     assert options == ServerOptions(model_base_path="/models/m")
 
@@ -75,6 +76,7 @@ def test_equals_sign_syntax_sets_every_flag(tmp_path: Path):
             "--grpc_max_message_bytes=1024",
             "--grpc_channel_arguments=grpc.max_concurrent_streams=10",
             "--enable_grpc_healthcheck_service=true",
+            "--allow_version_labels_for_unavailable_models=true",
             "--shutdown_grace_seconds=2.5",
         ]
     )
@@ -94,6 +96,7 @@ def test_equals_sign_syntax_sets_every_flag(tmp_path: Path):
         grpc_max_message_bytes=1024,
         grpc_channel_arguments="grpc.max_concurrent_streams=10",
         enable_grpc_healthcheck_service=True,
+        allow_version_labels_for_unavailable_models=True,
         shutdown_grace_seconds=2.5,
     )
 

@@ -33,7 +33,12 @@ RULES = (
     ),
     *(
         Rule(f"service.{name}", TF, "imported by the API tier, which has no TensorFlow")
-        for name in ("jobs", "contract", "ingest", "model_client")
+        for name in ("jobs", "contract", "ingest", "model_client", "api_client")
+    ),
+    Rule(
+        "service.api_client",
+        ("service.api", "service.jobs", "service.training", "service.finetune", "exporter"),
+        "the CLI's HTTP client speaks to the API over HTTP, not through its code",
     ),
     Rule(
         "service.contract",

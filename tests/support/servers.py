@@ -22,7 +22,9 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from google.protobuf import text_format
 
+from service.contract.model_server_config_pb2 import ModelServerConfig
 from service.contract.repository import CONFIG_NAME, ModelRepository
 from service.contract.signatures import BYTES_INPUT
 from service.model_client import get_model_status_pb2, predict_pb2
@@ -61,18 +63,62 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def add_version(repo_root: Path, source: Path, model: str = MODEL) -> int:
-    """Publish a copy of ``source`` as the next version, the way the exporter publishes."""
+# The model server's own tests serve every model's latest version from this file, which the
+# repository never writes: they test the server, not the repository's serving states.
+LATEST_CONFIG = "latest.config"
+
+
+def add_version(repo_root: Path, source: Path, model: str = MODEL, label: str | None = None) -> int:
+    """Publish a copy of ``source`` as the next version, the way the exporter publishes.
+
+    ``latest.config`` (``repo_flags``) then lists every model with TF Serving's default
+    policy, the latest version. With ``label``, the label is written straight into the
+    serving state (and models.config): only for a repository no model server runs on yet.
+    """
     repository = ModelRepository(repo_root)
     with repository.staging(model) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True)
-        return repository.publish(model, staging)
+        version = repository.publish(model, staging)
+    if label is not None:
+        repository.update_state(model, lambda state: state.set_label(label, version))
+    write_latest_config(repository)
+    return version
+
+
+def write_latest_config(repository: ModelRepository) -> Path:
+    config = ModelServerConfig()
+    config.model_config_list.SetInParent()
+    for model in repository.models():
+        if repository.versions(model):
+            entry = config.model_config_list.config.add()
+            entry.name, entry.model_platform = model, "tensorflow"
+            entry.base_path = str(repository.model_dir(model))
+    path = repository.root / LATEST_CONFIG
+    tmp = path.with_name(f".{LATEST_CONFIG}.tmp")
+    tmp.write_text(text_format.MessageToString(config))
+    tmp.replace(path)
+    return path
 
 
 def repo_flags(repo_root: Path, poll_seconds: int = 1) -> list[str]:
+    """Serve the latest version of every model under ``repo_root`` (see ``add_version``)."""
+    return [
+        f"--model_config_file={repo_root / LATEST_CONFIG}",
+        f"--file_system_poll_wait_seconds={poll_seconds}",
+    ]
+
+
+def labelled_flags(repo_root: Path, poll_seconds: int = 1) -> list[str]:
+    """Serve what the repository's serving states say (``models.config``), labels included.
+
+    TF Serving checks labels before it loads anything, so starting on a config with labels
+    needs ``--allow_version_labels_for_unavailable_models``, as a restart in production does.
+    """
     return [
         f"--model_config_file={repo_root / CONFIG_NAME}",
         f"--file_system_poll_wait_seconds={poll_seconds}",
+        f"--model_config_file_poll_wait_seconds={poll_seconds}",
+        "--allow_version_labels_for_unavailable_models=true",
     ]
 
 

@@ -1,44 +1,56 @@
-"""Models in the repository: list them, describe one, download a version's ONNX file."""
+"""Models in the repository: list, describe, label, roll back, delete; download ONNX."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse
 
-from service.api.deps import PredictClientDep, SettingsDep
-from service.api.models import describe_model, list_models, onnx_path
-from service.api.schemas import ModelDetail, ModelList, error_responses
-from service.contract.names import MODEL_NAME_PATTERN
-from service.contract.repository import ModelRepository
+from service.api.deps import LifecycleDep, PredictClientDep, RepositoryDep
+from service.api.models import describe_model, list_models, model_versions, onnx_path
+from service.api.schemas import Deleted, LabelMove, ModelDetail, ModelList, error_responses
+from service.contract.names import MODEL_NAME_PATTERN, check_model_name
+from service.contract.serving_state import LABEL_PATTERN
 from service.errors import (
+    InvalidLabelError,
     InvalidModelNameError,
+    LabelInUseError,
+    LabelNotFoundError,
     ModelNotFoundError,
+    ModelServerTimeoutError,
+    NoPreviousVersionError,
     UnauthorizedError,
     UnprocessableError,
+    VersionFailedError,
+    VersionLabelledError,
+    VersionNotFoundError,
 )
 
 router = APIRouter(prefix="/models", tags=["models"])
 
-
-def get_repository(settings: SettingsDep) -> ModelRepository:
-    return ModelRepository(settings.model_repo)
-
-
-RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
-# The pattern is documented, not enforced by FastAPI: check_model_name answers a mismatch
-# with 400 invalid_model_name rather than a generic 422.
+# The patterns are documented, not enforced by FastAPI: check_model_name and check_label
+# answer a mismatch with 400 invalid_model_name / invalid_label rather than a generic 422.
 ModelName = Annotated[
     str,
     Path(description="The model's name.", json_schema_extra={"pattern": MODEL_NAME_PATTERN}),
 ]
+Label = Annotated[
+    str,
+    Path(
+        description="A label: stable, canary or your own.",
+        json_schema_extra={"pattern": LABEL_PATTERN},
+    ),
+]
+Version = Annotated[int, Path(ge=1)]
+Force = Annotated[bool, Query(description="Also when the label(s) still carry traffic.")]
+_MODEL_ERRORS = (InvalidModelNameError, UnauthorizedError, ModelNotFoundError)
 
 
 @router.get(
     "",
     response_model=ModelList,
-    summary="Models in the repository and their versions",
+    summary="Models in the repository, their versions and labels",
     responses=error_responses(UnauthorizedError),
 )
 def get_models(repository: RepositoryDep) -> ModelList:
@@ -48,13 +60,101 @@ def get_models(repository: RepositoryDep) -> ModelList:
 @router.get(
     "/{name}",
     response_model=ModelDetail,
-    summary="A model's versions, their serving status and model cards",
-    responses=error_responses(InvalidModelNameError, UnauthorizedError, ModelNotFoundError),
+    summary="A model's labels and versions: served, state, metrics, promotion decision",
+    responses=error_responses(*_MODEL_ERRORS),
 )
 async def get_model(
     name: ModelName, repository: RepositoryDep, client: PredictClientDep
 ) -> ModelDetail:
     return await describe_model(repository, client, name)
+
+
+@router.put(
+    "/{name}/labels/{label}",
+    response_model=ModelDetail,
+    summary="Point a label at a version, once the model server has loaded it",
+    responses=error_responses(
+        *_MODEL_ERRORS,
+        InvalidLabelError,
+        VersionNotFoundError,
+        VersionFailedError,
+        UnprocessableError,
+        ModelServerTimeoutError,
+    ),
+)
+async def put_label(
+    name: ModelName,
+    label: Label,
+    move: LabelMove,
+    lifecycle: LifecycleDep,
+    repository: RepositoryDep,
+    client: PredictClientDep,
+) -> ModelDetail:
+    check_model_name(name)
+    await lifecycle.set_label(name, label, move.version)
+    return await describe_model(repository, client, name)
+
+
+@router.delete(
+    "/{name}/labels/{label}",
+    response_model=ModelDetail,
+    summary="Remove a label (stable only with force while other versions exist)",
+    responses=error_responses(
+        *_MODEL_ERRORS, InvalidLabelError, LabelNotFoundError, LabelInUseError
+    ),
+)
+async def delete_label(
+    name: ModelName,
+    label: Label,
+    lifecycle: LifecycleDep,
+    repository: RepositoryDep,
+    client: PredictClientDep,
+    force: Force = False,
+) -> ModelDetail:
+    model_versions(repository, name)
+    await lifecycle.drop_label(name, label, force)
+    return await describe_model(repository, client, name)
+
+
+@router.post(
+    "/{name}/rollback",
+    response_model=ModelDetail,
+    summary="Point stable back at the version it pointed at before",
+    responses=error_responses(
+        *_MODEL_ERRORS, NoPreviousVersionError, VersionFailedError, ModelServerTimeoutError
+    ),
+)
+async def roll_back(
+    name: ModelName, lifecycle: LifecycleDep, repository: RepositoryDep, client: PredictClientDep
+) -> ModelDetail:
+    model_versions(repository, name)
+    await lifecycle.roll_back(name)
+    return await describe_model(repository, client, name)
+
+
+@router.delete(
+    "/{name}/versions/{version}",
+    response_model=Deleted,
+    summary="Delete a version no label points at (its number is never reused)",
+    responses=error_responses(
+        *_MODEL_ERRORS, VersionNotFoundError, VersionLabelledError, ModelServerTimeoutError
+    ),
+)
+async def delete_version(name: ModelName, version: Version, lifecycle: LifecycleDep) -> Deleted:
+    check_model_name(name)
+    await lifecycle.delete_version(name, version)
+    return Deleted(name=name, deleted_versions=[version])
+
+
+@router.delete(
+    "/{name}",
+    response_model=Deleted,
+    summary="Delete every version of a model (with labels only with force)",
+    responses=error_responses(*_MODEL_ERRORS, LabelInUseError, ModelServerTimeoutError),
+)
+async def delete_model(name: ModelName, lifecycle: LifecycleDep, force: Force = False) -> Deleted:
+    check_model_name(name)
+    return Deleted(name=name, deleted_versions=await lifecycle.delete_model(name, force))
 
 
 @router.get(
@@ -73,9 +173,7 @@ async def get_model(
         ),
     },
 )
-def download_onnx(
-    name: ModelName, version: Annotated[int, Path(ge=1)], repository: RepositoryDep
-) -> FileResponse:
+def download_onnx(name: ModelName, version: Version, repository: RepositoryDep) -> FileResponse:
     path = onnx_path(repository, name, version)
     filename = f"{name}-{version}.onnx"
     return FileResponse(path, media_type="application/octet-stream", filename=filename)

@@ -6,15 +6,15 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from service.api.deps import PredictClientDep, SettingsDep
+from service.api.deps import PredictClientDep, RepositoryDep, SettingsDep
 from service.api.predict import FILES_FIELD, predict, read_predict_request
 from service.api.schemas import MAX_TOP_K, PredictResponse, error_responses
 from service.contract.names import MODEL_NAME_PATTERN
-from service.contract.repository import ModelRepository
 from service.errors import (
     BadRequestError,
     InvalidBase64Error,
     InvalidModelNameError,
+    LabelNotFoundError,
     ModelNotFoundError,
     ModelServerTimeoutError,
     ModelServerUnavailableError,
@@ -24,6 +24,8 @@ from service.errors import (
     UnauthorizedError,
     UnprocessableError,
     UnsupportedMediaTypeError,
+    VersionNotFoundError,
+    VersionNotServedError,
 )
 
 router = APIRouter(tags=["predict"])
@@ -72,6 +74,9 @@ _PREDICT_BODY: dict[str, Any] = {
         InvalidModelNameError,
         UnauthorizedError,
         ModelNotFoundError,
+        VersionNotFoundError,
+        VersionNotServedError,
+        LabelNotFoundError,
         TooManyInstancesError,
         PayloadTooLargeError,
         UnsupportedMediaTypeError,
@@ -82,8 +87,8 @@ _PREDICT_BODY: dict[str, Any] = {
     openapi_extra=_PREDICT_BODY,
 )
 async def predict_images(
-    request: Request, settings: SettingsDep, client: PredictClientDep
+    request: Request, settings: SettingsDep, client: PredictClientDep, repository: RepositoryDep
 ) -> PredictResponse:
     """JSON ``{"model", "instances": [{"b64": ...}]}`` (TF Serving's REST form) or multipart."""
     options, images = await read_predict_request(request, settings)
-    return await predict(client, options, images, ModelRepository(settings.model_repo))
+    return await predict(client, options, images, repository)
