@@ -121,6 +121,10 @@ def test_train_json_prints_one_summary_and_saves_the_model(tmp_path, env, shapes
     card = json.loads((version_dir / "assets.extra" / "model_card.json").read_text())
     assert (card["name"], card["version"], card["classes"]) == ("t", 1, SHAPES)
     assert 'name: "t"' in (tmp_path / "var" / "models" / "models.config").read_text()
+    # No model server is configured: the first version becomes stable at once.
+    assert summary["promotion"]["decision"] == "promoted"
+    assert summary["labels"] == {"stable": 1}
+    assert card["promotion"] == summary["promotion"]
 
 
 def test_train_without_cached_imagenet_weights_fails_at_once(tmp_path, env, shapes_dir):

@@ -52,6 +52,10 @@ class StatusSource(Protocol):
         self, model: str, version: int | None = None, timeout: float | None = None
     ) -> Sequence[VersionStatusLike]: ...
 
+    async def label_version(self, model: str, label: str, timeout: float | None = None) -> int:
+        """The version ``label`` resolves to on the model server right now."""
+        ...
+
 
 class Lifecycle:
     """Moves labels and deletes versions of models in ``repository``.
@@ -86,7 +90,9 @@ class Lifecycle:
         check_label(label)
         await asyncio.to_thread(self.repository.require_version, model, version)
         await self._serve(model, version)
-        return await self._update(model, lambda state: state.set_label(label, version))
+        state = await self._update(model, lambda state: state.set_label(label, version))
+        await self._wait_label(model, label, version)
+        return state
 
     async def roll_back(self, model: str) -> ServingState:
         """Point ``stable`` back at the version it pointed at before.
@@ -103,7 +109,9 @@ class Lifecycle:
             )
         previous = earlier[-1]
         await self._serve(model, previous)
-        return await self._update(model, lambda state: state.roll_back(previous))
+        state = await self._update(model, lambda state: state.roll_back(previous))
+        await self._wait_label(model, STABLE, previous)
+        return state
 
     async def drop_label(self, model: str, label: str, force: bool = False) -> ServingState:
         """Remove ``label``; ``stable`` only with ``force`` while other versions exist.
@@ -203,6 +211,26 @@ class Lifecycle:
                 raise ModelServerTimeoutError(
                     f"Version {version} of model {model!r} did not load within"
                     f" {self.timeout:g} s; the label was not moved"
+                )
+            await asyncio.sleep(self.poll_seconds)
+
+    async def _wait_label(self, model: str, label: str, version: int) -> None:
+        """Until the model server resolves ``label`` to ``version``: it reads models.config
+        by polling, and a move is only done when requests for the label reach the version."""
+        if self.status is None:
+            return
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                if await self.status.label_version(model, label, timeout=5.0) == version:
+                    return
+            except (ModelNotFoundError, ModelServerUnavailableError, ModelServerTimeoutError):
+                pass  # not applied yet, or the server is busy: ask again until the deadline
+            if time.monotonic() >= deadline:
+                raise ModelServerTimeoutError(
+                    f"Label {label!r} of model {model!r} points at version {version} in"
+                    f" models.config, but the model server did not apply it within"
+                    f" {self.timeout:g} s"
                 )
             await asyncio.sleep(self.poll_seconds)
 

@@ -125,6 +125,9 @@ def _print_report(summary: dict) -> None:
         f"published    version {summary['version']} at {summary['saved_model_path']} "
         f"(ONNX max abs diff {summary['onnx_max_abs_diff']:.2e})"
     )
+    promotion = summary["promotion"]
+    labels = " ".join(f"{k}={v}" for k, v in summary["labels"].items())
+    print(f"promotion    {promotion['decision']}: {promotion['reason']} (labels {labels})")
     print(f"time         {summary['timings']['total']:.1f}s")
 
 

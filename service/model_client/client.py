@@ -230,6 +230,20 @@ class PredictClient:
             for name, sig in sorted(_signature_defs(response).items())
         }
 
+    async def label_version(self, model: str, label: str, timeout: float | None = None) -> int:
+        """The version ``label`` of ``model`` resolves to on the model server now.
+
+        Raises:
+            ModelNotFoundError: the server knows no such model or label (yet).
+        """
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=_model_spec(model, label=label), metadata_field=[SIGNATURE_DEF]
+        )
+        response: get_model_metadata_pb2.GetModelMetadataResponse = await self._call(
+            self._metadata, request, timeout
+        )
+        return int(response.model_spec.version.value)
+
     async def check(self, timeout: float = 2.0) -> bool:
         """Whether the model server answers at all (any answer, even NOT_FOUND, counts)."""
         try:

@@ -76,9 +76,12 @@ def test_a_killed_and_restarted_api_has_lost_no_job(settings: Settings, tmp_path
         listed = httpx.get(f"http://127.0.0.1:{port}/finetune", timeout=10).json()
         assert listed["total"] == 1
 
+        # No model server in this test: the worker labels the new version without waiting.
+        worker_env = environment(settings)
+        del worker_env["FTSERVE_MODEL_SERVER"]
         worker = subprocess.run(
             [tf_python(), "-m", "service.cli", "worker", "--once", "--worker-id=after-restart"],
-            env=environment(settings),
+            env=worker_env,
             cwd=ROOT,
             capture_output=True,
             text=True,

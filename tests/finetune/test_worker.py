@@ -72,6 +72,12 @@ def test_worker_trains_publishes_and_reports(store, settings, dataset):
     assert Path(done.result["onnx_path"]).is_file()
     assert done.result["classes"] == ["circle", "square", "triangle"]
     assert 0.0 <= done.result["evaluation"]["accuracy"] <= 1.0
+    # No model server is configured: the first version is labelled stable at once.
+    assert done.result["promotion"]["decision"] == "promoted"
+    assert done.result["promotion"]["candidate"]["version"] == 1
+    assert done.result["labels"] == {"stable": 1}
+    card = ModelRepository(settings.model_repo).model_card("shapes", 1)
+    assert card is not None and card["promotion"] == done.result["promotion"]
     phases = [(entry["phase"], entry["epoch"]) for entry in done.history]
     assert ("head", 1) in phases and ("fine_tune", 2) in phases
     assert done.progress is not None and done.attempts == 1
@@ -132,6 +138,7 @@ def test_a_retried_job_that_already_published_does_not_publish_again(store, sett
     retried = store.get(again.id)
     assert retried.state == JobState.SUCCEEDED
     assert retried.result["version"] == 1
+    assert retried.result["labels"] == {"stable": 1}
     assert ModelRepository(settings.model_repo).versions("shapes") == [1]
 
 
