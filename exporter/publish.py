@@ -45,6 +45,7 @@ def publish_result(
     model_name: str | None = None,
     job_id: str | None = None,
     assess: Callable[[Path], dict[str, Any]] | None = None,
+    last_check: Callable[[], None] | None = None,
 ) -> PublishedVersion:
     """Export ``result`` into a staging folder, check it answers like the trained model,
     then publish it as the model's next version.
@@ -53,7 +54,9 @@ def publish_result(
     written into the model card before the rename, so a job that is retried after a crash
     can tell whether its version already exists (``ModelRepository.find_job_version``).
     ``assess(staging)`` runs on the verified export before the rename; what it returns is
-    added to the model card (the promotion decision is).
+    added to the model card (the promotion decision is). ``last_check()`` runs under the
+    repository lock right before the rename; raising there (a job cancelled at the last
+    moment) publishes nothing.
     """
     name = model_name or result.config.model_name
     samples = validation_image_bytes(result, WARMUP_IMAGES)
@@ -67,7 +70,7 @@ def publish_result(
 
     with repository.staging(name) as staging:
         report: ExportReport = export_model(result, name, staging)
-        stamp = partial(_stamp_card, job_id=job_id, extra=extra)
+        stamp = partial(_stamp_card, job_id=job_id, extra=extra, last_check=last_check)
         version = repository.publish(name, staging, verify=verify, stamp=stamp)
     path = repository.version_path(name, version)
     return PublishedVersion(
@@ -80,8 +83,16 @@ def publish_result(
     )
 
 
-def _stamp_card(staging: Path, version: int, job_id: str | None, extra: dict[str, Any]) -> None:
+def _stamp_card(
+    staging: Path,
+    version: int,
+    job_id: str | None,
+    extra: dict[str, Any],
+    last_check: Callable[[], None] | None,
+) -> None:
     # The number is only known under the repository lock, just before the rename.
+    if last_check is not None:
+        last_check()
     card_path = staging / ASSETS_EXTRA / MODEL_CARD_FILE
     card = json.loads(card_path.read_text(encoding="utf-8"))
     card.update(extra)

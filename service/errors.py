@@ -38,6 +38,7 @@
     ├── TrainingCancelledError (409 cancelled)
     ├── ExportError (500 export_failed)
     ├── ModelServerUnavailableError (503 model_server_unavailable)
+    ├── StorageUnavailableError (507 storage_unavailable)
     └── ModelServerTimeoutError (504 model_server_timeout)
 
 Code that raises picks the most specific class; the HTTP layer renders any of them as
@@ -245,6 +246,13 @@ class ModelServerUnavailableError(FtserveError):
 class ModelServerTimeoutError(FtserveError):
     status = HTTPStatus.GATEWAY_TIMEOUT
     code = "model_server_timeout"
+
+
+class StorageUnavailableError(FtserveError):
+    """A folder the job needs (work dir, model repository) cannot be written: full or read-only."""
+
+    status = HTTPStatus.INSUFFICIENT_STORAGE
+    code = "storage_unavailable"
 
 
 class UnsupportedMediaTypeError(FtserveError):

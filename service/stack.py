@@ -3,8 +3,13 @@
 The model server (``ftserve model-server`` on the model repository, unless
 ``FTSERVE_MODEL_SERVER`` names one already running), one worker and the API. Ctrl-C or
 SIGTERM stops all three, each with SIGTERM first so jobs are handed back and requests in
-flight finish. If one child dies, the others are stopped too: a half-running stack would
-accept jobs nobody trains, or predictions nobody serves.
+flight finish.
+
+A worker that exits (any status, any signal: the OOM killer's SIGKILL included) is started
+again after a backoff: 1 s, doubling up to 30 s, back to 1 s once a worker has stayed up
+for 60 s. The job it held comes back to the queue when its lease expires, and the new
+worker resumes it. The API and the model server are not restarted: if either exits, the
+others are stopped too and ``serve`` returns 1, since a stack without them cannot serve.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.config import Settings
@@ -22,7 +28,17 @@ from service.contract.repository import CONFIG_NAME
 
 # Seconds each child gets between SIGTERM and SIGKILL: a worker checkpoints within a batch.
 STOP_GRACE_SECONDS = 60.0
+# Children started again when they exit; any other child's exit stops the stack.
+RESTARTED_CHILDREN = frozenset({"worker"})
+RESTART_FIRST_DELAY_SECONDS = 1.0
+RESTART_MAX_DELAY_SECONDS = 30.0
+# A child up this long counts as healthy: its next restart waits the first delay again.
+RESTART_RESET_AFTER_SECONDS = 60.0
+# How often children and stop requests are checked, backoff waits included.
+POLL_SECONDS = 0.2
 _EMPTY_MODEL_CONFIG = "model_config_list {\n}\n"
+
+Children = dict[str, subprocess.Popen[bytes]]
 
 
 @dataclass(frozen=True)
@@ -80,9 +96,14 @@ def child_environment(settings: Settings, ports: Ports) -> dict[str, str]:
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", ports: Ports | None = None) -> int:
-    """Run the stack until a signal or a child's exit; return the exit status."""
+    """Run the stack until a signal, or until the API or the model server exits.
+
+    Returns:
+        0 after a signal, 1 when a child that is not restarted exited.
+    """
     ports = ports or Ports()
     env = child_environment(settings, ports)
+    commands = child_commands(settings, host, ports)
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -90,18 +111,16 @@ def serve(settings: Settings, host: str = "127.0.0.1", ports: Ports | None = Non
         stopping = True
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    children: dict[str, subprocess.Popen[bytes]] = {}
+    children: Children = {}
     try:
-        for name, command in child_commands(settings, host, ports).items():
-            # Own process group: a terminal's Ctrl-C reaches the children only through us,
-            # in the order we choose.
-            children[name] = subprocess.Popen(command, env=env, start_new_session=True)
+        for name, command in commands.items():
+            children[name] = _start(command, env)
         print(
             f"ftserve: API on http://{host}:{ports.api}, model server gRPC on "
             f"{settings.model_server_address() if settings.model_server else ports.grpc}",
             file=sys.stderr,
         )
-        failed = _wait(children, lambda: stopping)
+        failed = _supervise(children, commands, env, lambda: stopping)
     finally:
         _stop_all(children)
         for signum, handler in previous.items():
@@ -112,16 +131,82 @@ def serve(settings: Settings, host: str = "127.0.0.1", ports: Ports | None = Non
     return 0
 
 
-def _wait(children: dict[str, subprocess.Popen[bytes]], stopping) -> str | None:
+def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Own process group: a terminal's Ctrl-C reaches the children only through us, in the
+    # order we choose.
+    return subprocess.Popen(command, env=env, start_new_session=True)
+
+
+def _supervise(
+    children: Children,
+    commands: dict[str, list[str]],
+    env: dict[str, str],
+    stopping: Callable[[], bool],
+) -> str | None:
+    """Watch the children until a stop request or the exit of one that is not restarted.
+
+    Those in ``RESTARTED_CHILDREN`` start again after their backoff when they exit;
+    ``children`` then holds the new process.
+
+    Returns:
+        The name of the child whose exit stops the stack, or None on a stop request.
+    """
+    backoffs = {name: _Backoff() for name in children if name in RESTARTED_CHILDREN}
     while not stopping():
-        for name, child in children.items():
-            if child.poll() is not None:
-                return name
-        time.sleep(0.2)
+        for name, child in list(children.items()):
+            backoff = backoffs.get(name)
+            if backoff is not None and backoff.due is not None:
+                if time.monotonic() >= backoff.due:
+                    children[name] = _start(commands[name], env)
+                    backoff.started()
+            elif child.poll() is not None:
+                if backoff is None:
+                    return name
+                delay = backoff.schedule()
+                print(
+                    f"ftserve: {name} exited with {_exit_reason(child.returncode)}; "
+                    f"restarting in {delay:g} s (restart {backoff.restarts})",
+                    file=sys.stderr,
+                )
+        # Short naps, backoff waits included: a stop request is seen within one.
+        time.sleep(POLL_SECONDS)
     return None
 
 
-def _stop_all(children: dict[str, subprocess.Popen[bytes]]) -> None:
+@dataclass
+class _Backoff:
+    """When a restarted child starts again: the delay doubles with each exit."""
+
+    restarts: int = 0
+    delay: float = RESTART_FIRST_DELAY_SECONDS
+    started_at: float = field(default_factory=time.monotonic)
+    due: float | None = None  # the monotonic time of a pending restart
+
+    def schedule(self) -> float:
+        """Plan the next start after an exit; return the delay."""
+        now = time.monotonic()
+        if now - self.started_at >= RESTART_RESET_AFTER_SECONDS:
+            self.delay = RESTART_FIRST_DELAY_SECONDS
+        delay, self.delay = self.delay, min(self.delay * 2, RESTART_MAX_DELAY_SECONDS)
+        self.restarts += 1
+        self.due = now + delay
+        return delay
+
+    def started(self) -> None:
+        self.started_at, self.due = time.monotonic(), None
+
+
+def _exit_reason(returncode: int) -> str:
+    """``SIGKILL`` for a child that a signal ended, else ``status <n>``."""
+    if returncode < 0:
+        try:
+            return signal.Signals(-returncode).name
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"status {returncode}"
+
+
+def _stop_all(children: Children) -> None:
     # The API first (no new work comes in), the model server last (predictions finish).
     order = [n for n in ("api", "worker", "model-server") if n in children]
     for name in order:

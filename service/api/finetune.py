@@ -41,7 +41,7 @@ from service.api.uploads import (
     require_media_type,
 )
 from service.config import Settings
-from service.contract.train_config import TrainConfig
+from service.contract.train_config import TrainConfig, check_weights
 from service.errors import (
     BadRequestError,
     IdempotencyInFlightError,
@@ -143,6 +143,7 @@ async def _accept(
     job: Job | None = None
     try:
         config = TrainConfig.parse(submission.config)
+        check_weights(config, settings.weights_dir)
         dataset = await _vetted_dataset(submission, settings)
         enqueue = partial(
             store.enqueue,
@@ -223,7 +224,7 @@ def _config_object(text: str | None) -> dict[str, Any]:
         raise InvalidConfigError(f"Send the training config as form field {CONFIG_FIELD!r}")
     try:
         value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, an int past 4300 digits
         raise InvalidConfigError(f"Form field {CONFIG_FIELD!r} is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise InvalidConfigError(f"Form field {CONFIG_FIELD!r} must hold a JSON object")
@@ -256,6 +257,12 @@ def resolve_data_uri(value: object, settings: Settings) -> Path:
     uploads = settings.uploads_dir().resolve()
     if folder == root or not folder.is_relative_to(root) or folder.is_relative_to(uploads):
         raise InvalidDataUriError(f"data_uri {value!r} is not a folder inside the data root")
-    if not folder.is_dir():
+    try:
+        is_folder = folder.is_dir()
+    except OSError as exc:  # a component past NAME_MAX, a path past PATH_MAX
+        raise InvalidDataUriError(
+            f"data_uri {value[:200]!r} cannot be used: {exc.strerror}"
+        ) from exc
+    if not is_folder:
         raise InvalidDataUriError(f"data_uri {value!r} is not a folder")
     return folder

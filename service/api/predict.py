@@ -2,7 +2,8 @@
 
 Encoded images go to the model's ``serving_default`` signature as they came; decoding and
 resizing happen inside the model. The limits (``predict_max_instances``,
-``predict_max_bytes``) are applied while reading, before anything is sent.
+``predict_max_bytes``) are applied while reading, and every image's header is judged
+(``image_max_pixels``) before anything is sent: the decoder allocates what a header declares.
 """
 
 from __future__ import annotations
@@ -41,14 +42,23 @@ from service.contract.validation import describe_errors
 from service.errors import (
     BadRequestError,
     FtserveError,
+    ImageTooLargeError,
     InvalidBase64Error,
     LabelNotFoundError,
     ModelNotFoundError,
     ModelServerUnavailableError,
+    NotAnImageError,
     TooManyInstancesError,
     UnprocessableError,
     VersionNotFoundError,
     VersionNotServedError,
+)
+from service.ingest.images import (
+    HEAD_BYTES,
+    BombHeaderError,
+    UnreadableHeaderError,
+    image_kind,
+    read_header,
 )
 from service.model_client.client import PredictClient
 
@@ -104,12 +114,48 @@ async def read_predict_request(
     budget = ImageBudget(settings.predict_max_instances, settings.predict_max_bytes)
     if require_media_type(request, JSON, MULTIPART) == JSON:
         options, images = await _read_json(request, budget)
+        field = "instances"
     else:
         options, images = await _read_multipart(request, budget)
+        field = FILES_FIELD
     check_model_name(options.model)
     if options.version is not None and options.label is not None:
         raise BadRequestError("Ask for a version or a label, not both")
+    # A GIF's header is walked frame by frame: off the event loop.
+    await run_in_threadpool(check_images, images, field, settings.image_max_pixels)
     return options, images
+
+
+def check_images(images: list[bytes], field: str, max_pixels: int) -> None:
+    """Refuse images that are not JPEG, PNG, GIF or BMP, or whose header declares too much.
+
+    Judged by header alone (``service.ingest.images``), as the model server's decoder would
+    allocate the declared canvas before reading a pixel. ``field`` names the images in
+    messages: ``instances[2]`` or ``files[2]``.
+
+    Raises:
+        NotAnImageError: another format, or a header that cannot be read.
+        ImageTooLargeError: more than ``max_pixels`` declared (``image_max_pixels``).
+    """
+    for index, image in enumerate(images):
+        _check_image(f"{field}[{index}]", image, max_pixels)
+
+
+def _check_image(name: str, image: bytes, max_pixels: int) -> None:
+    kind = image_kind(image[:HEAD_BYTES])
+    if kind is None:
+        raise NotAnImageError(f"{name} is not a JPEG, PNG, GIF or BMP image")
+    try:
+        header = read_header(image, kind)
+    except BombHeaderError as exc:
+        raise ImageTooLargeError(f"{name} is a {kind} too large to decode: {exc}") from exc
+    except UnreadableHeaderError as exc:
+        raise NotAnImageError(f"{name} starts like a {kind} but its header is damaged") from exc
+    if header.pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"{name} is a {header.width}x{header.height} {kind} ({header.pixels} pixels),"
+            f" more than {max_pixels} (image_max_pixels)"
+        )
 
 
 async def predict(

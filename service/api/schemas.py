@@ -19,6 +19,9 @@ from service.errors import (
 from service.jobs.records import Job, JobState
 
 MAX_TOP_K = 1000
+# Versions are int64 on the wire (ModelSpec.version). The bound is a power of two, so that
+# JSON Schema tools reading it as a float get it exactly (2**63 - 1 rounds up to 2**63).
+MAX_VERSION = 2**62
 
 
 class ErrorBody(BaseModel):
@@ -178,7 +181,10 @@ class PredictOptions(BaseModel):
         json_schema_extra={"pattern": MODEL_NAME_PATTERN},
     )
     version: int | None = Field(
-        default=None, ge=1, description="A served version. Default: the label `stable`."
+        default=None,
+        ge=1,
+        le=MAX_VERSION,
+        description="A served version. Default: the label `stable`.",
     )
     label: str | None = Field(
         default=None, min_length=1, max_length=255, description="Default: `stable`."
@@ -250,7 +256,7 @@ class LabelMove(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
 
 
 class Deleted(BaseModel):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
@@ -67,7 +67,7 @@ async def read_json(request: Request, limit: int, too_large: type[FtserveError])
             raise too_large(f"The request body is larger than {limit} bytes")
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, an int past 4300 digits
         raise BadRequestError(f"The request body is not valid JSON: {exc}") from exc
 
 
@@ -229,7 +229,8 @@ class _MultipartReader:
         self._sink: PartSink | None = None
         try:
             self.parser = MultipartParser(boundary, self._callbacks())
-        except MultipartParseError as exc:  # e.g. an over-long boundary
+        except FormParserError as exc:  # e.g. a boundary past 256 bytes (MultipartParseError
+            # is a FormParserError too)
             raise BadRequestError(f"Malformed multipart Content-Type: {exc}") from exc
 
     def feed(self, chunk: bytes) -> None:

@@ -34,7 +34,7 @@ from google.protobuf import text_format
 from service.contract.model_server_config_pb2 import ModelServerConfig
 from service.contract.names import check_model_name, is_model_name
 from service.contract.serving_state import STABLE, STATE_FILE, ServingState
-from service.errors import ModelNotFoundError, VersionNotFoundError
+from service.errors import ModelNotFoundError, StorageUnavailableError, VersionNotFoundError
 
 # Inside each version: TF Serving reads assets.extra/ as files that are not the model.
 ASSETS_EXTRA = "assets.extra"
@@ -291,6 +291,25 @@ class ModelRepository:
                 yield
             finally:
                 os.close(fd)  # closing the descriptor releases the flock
+
+
+def ensure_writable(folder: Path, what: str) -> None:
+    """Fail now with ``StorageUnavailableError`` if ``folder`` cannot take a new file.
+
+    A job checks its folders before training, not after an hour of it.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{secrets.token_hex(4)}"
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as exc:
+        raise StorageUnavailableError(
+            f"the {what} ({folder}) is not writable: {exc.strerror}"
+        ) from exc
 
 
 def _atomic_write(path: Path, text: str) -> None:

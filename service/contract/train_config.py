@@ -6,15 +6,30 @@ training; it is plain pydantic so that every tier can import it.
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.contract.names import MODEL_NAME_PATTERN
 from service.contract.validation import describe_errors
-from service.errors import InvalidConfigError
+from service.errors import InvalidConfigError, WeightsUnavailableError
+
+# The backbones service.training.backbones builds, named here so that every tier can check
+# a job before it is queued (a test keeps both lists equal).
+BASE_MODELS = (
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "efficientnet_v2_b0",
+    "resnet50",
+    "vgg16",
+    "small_cnn",
+)
+BUILTIN_WEIGHTS = ("imagenet", "none")
 
 ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
 
@@ -73,6 +88,17 @@ class TrainConfig(BaseModel):
     promote_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
     xla: Literal["auto", "on", "off"] = "auto"
 
+    @field_validator("base_model")
+    @classmethod
+    def _known_base_model(cls, name: str) -> str:
+        if name not in BASE_MODELS:
+            close = difflib.get_close_matches(name, BASE_MODELS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(
+                f"unknown base_model {name!r}; {hint}choose one of: {', '.join(BASE_MODELS)}"
+            )
+        return name
+
     @model_validator(mode="after")
     def _one_way_to_pick_layers(self) -> TrainConfig:
         if self.fine_tune_layers and self.fine_tune_at is not None:
@@ -104,3 +130,29 @@ class TrainConfig(BaseModel):
         if not isinstance(data, dict):
             raise InvalidConfigError(f"config file {path} must hold a JSON object")
         return cls.parse({**data, **overrides})
+
+
+def weights_file(name: str, weights_dir: Path) -> Path:
+    """The weights file a job's ``weights`` names (neither ``imagenet`` nor ``none``).
+
+    Raises:
+        InvalidConfigError: the name is a path, not a file name in the weights folder.
+        WeightsUnavailableError: no such file in the weights folder.
+    """
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise InvalidConfigError(
+            f"weights must be 'imagenet', 'none' or a file name in the weights folder, "
+            f"not a path: {name!r}"
+        )
+    path = weights_dir / name
+    if not path.is_file():
+        found = sorted(p.name for p in weights_dir.glob("*") if p.is_file())
+        holds = f"it holds {', '.join(found)}" if found else "it holds no file"
+        raise WeightsUnavailableError(f"weights file {name!r} not found: expected {path}; {holds}")
+    return path
+
+
+def check_weights(config: TrainConfig, weights_dir: Path) -> None:
+    """Fail now, not after queueing, when ``config.weights`` names no weights file."""
+    if config.weights not in BUILTIN_WEIGHTS:
+        weights_file(config.weights, weights_dir)

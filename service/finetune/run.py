@@ -18,7 +18,7 @@ from typing import Any
 from exporter.publish import PublishedVersion, publish_result
 from service.config import Settings
 from service.contract.lifecycle import Lifecycle
-from service.contract.repository import ModelRepository
+from service.contract.repository import ModelRepository, ensure_writable
 from service.contract.train_config import TrainConfig
 from service.finetune.promotion import HeldOut, assess, target_label
 from service.model_client.client import PredictClient
@@ -69,6 +69,7 @@ def finetune(
     hooks: Hooks | None = None,
     job_id: str | None = None,
     before_publish: Callable[[TrainingResult], None] | None = None,
+    last_check: Callable[[], None] | None = None,
 ) -> Finetuned:
     """Train ``config.model_name`` on ``data``, publish its next version and label it.
 
@@ -82,13 +83,19 @@ def finetune(
         job_id: recorded in the model card, so a retried job finds its version.
         before_publish: runs between training and publishing; raising there (a cancelled
             job, say) publishes nothing.
+        last_check: runs under the repository lock just before the version's rename; the
+            last moment a cancellation can stop the publish.
     """
+    ensure_writable(work_dir, "job folder")
+    ensure_writable(repository.root, "model repository")
     result = train(data, config, work_dir, settings, hooks)
     if before_publish is not None:
         before_publish(result)
     held_out = HeldOut.of(result)
     judge = partial(assess, held_out=held_out, config=config, repository=repository)
-    published = publish_result(result, repository, job_id=job_id, assess=judge)
+    published = publish_result(
+        result, repository, job_id=job_id, assess=judge, last_check=last_check
+    )
     card = repository.model_card(published.model, published.version) or {}
     promotion = card["promotion"]
     labels = label_version(repository, published.model, published.version, promotion, settings)

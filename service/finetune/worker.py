@@ -25,6 +25,7 @@ from service.contract.repository import ModelRepository
 from service.contract.train_config import TrainConfig
 from service.errors import FtserveError, TrainingCancelledError
 from service.finetune.run import finetune, published_result
+from service.ingest.retention import discard_upload
 from service.jobs import Job, JobStore, LeaseLostError
 from service.training.callbacks import Progress
 from service.training.trainer import Hooks, TrainingResult
@@ -129,6 +130,8 @@ class Worker:
             log.exception("job %s failed", job.id)
             message = f"training failed unexpectedly ({type(exc).__name__}); see worker logs"
             self.store.fail(job.id, self.worker_id, "internal", message)
+            _remove(work_dir)  # a final state: nothing of the job is needed any more
+            self._remove_upload(job)
             return
         self.store.succeed(job.id, self.worker_id, result)
         _remove(work_dir)
@@ -147,6 +150,15 @@ class Worker:
             if control.should_stop():
                 raise TrainingCancelledError("the job was stopped before publishing")
 
+        def last_check() -> None:
+            # Atomic with the store: a cancel either lands before this (nothing is
+            # published) or after it (the API answers 409, the version is coming).
+            if control.should_stop():
+                raise TrainingCancelledError("the job was stopped before publishing")
+            if not self.store.begin_publish(job.id, self.worker_id):
+                control.cancel.set()
+                raise TrainingCancelledError("the job was cancelled before its version's rename")
+
         done = finetune(
             Path(job.dataset),
             config,
@@ -156,14 +168,12 @@ class Worker:
             hooks=hooks,
             job_id=job.id,
             before_publish=before_publish,
+            last_check=last_check,
         )
         return done.job_result()
 
     def _remove_upload(self, job: Job) -> None:
-        # Uploaded archives are the job's own copy; a data_uri folder belongs to the user.
-        upload = Path(job.dataset)
-        if upload.parent.resolve() == self.settings.uploads_dir().resolve():
-            upload.unlink(missing_ok=True)
+        discard_upload(job.dataset, self.settings.uploads_dir())
 
     def _heartbeat(self, job: Job, control: _JobControl) -> None:
         every = self.store.lease_seconds / 3

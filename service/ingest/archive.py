@@ -13,6 +13,7 @@ import lzma
 import re
 import shutil
 import stat
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -44,6 +45,20 @@ _CHUNK = 1024 * 1024
 # compress far better than any sane limit without being a threat.
 _RATIO_FLOOR = 1024 * 1024
 _DRIVE = re.compile(r"^[A-Za-z]:")
+# The zip end records (APPNOTE 4.3.16, 4.3.14, 4.3.15) and how far from the end they can be.
+_EOCD = struct.Struct("<4sHHHHIIH")
+_EOCD_SIGNATURE = b"PK\x05\x06"
+_EOCD_MAX = _EOCD.size + 0xFFFF  # the record plus the longest comment
+_ZIP64_LOCATOR = struct.Struct("<4sIQI")
+_ZIP64_LOCATOR_SIGNATURE = b"PK\x06\x07"
+_ZIP64_EOCD = struct.Struct("<4sQHHIIQQQQ")
+_ZIP64_EOCD_SIGNATURE = b"PK\x06\x06"
+# A central directory entry is 46 bytes plus its name and extras; real ones stay far below.
+_MAX_DIRECTORY_BYTES_PER_MEMBER = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Folders within folders an archive member may sit in: a class folder, an optional folder
+# around the classes, and sub-folders of a class, with plenty of room.
+MAX_DEPTH = 32
 # What decoders raise on damaged input (gzip and bz2 use OSError, zipfile NotImplementedError
 # for unknown methods). Only read calls are wrapped, so an OSError from writing (a full disk)
 # is never mistaken for a bad upload.
@@ -191,6 +206,9 @@ def _safe_target(root: Path, name: str, is_dir: bool) -> Path:
     """The path under ``root`` for member ``name``; rejects names that could escape it."""
     if "\x00" in name:
         raise _unsafe(name, "has a NUL byte in its name")
+    if _CONTROL.search(name):
+        # A newline in a class folder's name would split labels.txt into extra classes.
+        raise _unsafe(name, "has a control character in its name")
     # Archives made on Windows may use backslashes; treat them as separators everywhere.
     posix = name.replace("\\", "/")
     if posix.startswith("/") or _DRIVE.match(posix):
@@ -200,6 +218,11 @@ def _safe_target(root: Path, name: str, is_dir: bool) -> Path:
         raise _unsafe(name, "escapes the destination")
     if not parts and not is_dir:
         raise _unsafe(name, "is a file with no name")
+    if len(parts) > MAX_DEPTH:
+        raise ArchiveLimitError(
+            f"archive member {name[:200]!r} is {len(parts)} folders deep; at most {MAX_DEPTH}"
+            " are allowed (a dataset is class folders of images)"
+        )
     return root.joinpath(*parts)
 
 
@@ -271,6 +294,44 @@ def _check_image(path: Path, name: str, head: bytes, max_pixels: int) -> None:
         )
 
 
+def _check_zip_directory(archive: Path, settings: Settings) -> None:
+    """Refuse a zip by its end-of-central-directory record, before the directory is parsed.
+
+    zipfile reads and parses the whole central directory on open (a forged one listing 20M
+    entries took gigabytes); its declared entry count and size are judged first.
+    """
+    entries, directory_bytes = _zip_directory_size(archive)
+    _check_member_count(entries, settings)
+    limit = settings.archive_max_members * _MAX_DIRECTORY_BYTES_PER_MEMBER
+    if directory_bytes > limit:
+        raise ArchiveLimitError(
+            f"the zip's central directory is {directory_bytes} bytes; at most {limit} for"
+            f" {settings.archive_max_members} members (archive_max_members)"
+        )
+
+
+def _zip_directory_size(archive: Path) -> tuple[int, int]:
+    """(entries, central directory bytes) as the end record (or its ZIP64 twin) declares."""
+    size = archive.stat().st_size
+    with open(archive, "rb") as f:
+        f.seek(max(0, size - _EOCD_MAX))
+        tail = f.read()
+        at = tail.rfind(_EOCD_SIGNATURE)
+        if at < 0 or len(tail) - at < _EOCD.size:
+            raise zipfile.BadZipFile("no end of central directory record")
+        fields = _EOCD.unpack_from(tail, at)
+        entries, directory_bytes = fields[4], fields[5]
+        locator = at - _ZIP64_LOCATOR.size
+        if locator >= 0 and tail[locator : locator + 4] == _ZIP64_LOCATOR_SIGNATURE:
+            f.seek(_ZIP64_LOCATOR.unpack_from(tail, locator)[2])
+            record = f.read(_ZIP64_EOCD.size)
+            if len(record) < _ZIP64_EOCD.size or record[:4] != _ZIP64_EOCD_SIGNATURE:
+                raise zipfile.BadZipFile("a broken ZIP64 end of central directory record")
+            fields = _ZIP64_EOCD.unpack(record)
+            entries, directory_bytes = fields[7], fields[8]
+    return entries, directory_bytes
+
+
 def _zip_mode_problem(info: zipfile.ZipInfo) -> str | None:
     mode = info.external_attr >> 16  # the Unix st_mode, or 0 for zips made elsewhere
     if stat.S_ISLNK(mode):
@@ -289,6 +350,7 @@ def _check_zip_headers(infos: list[zipfile.ZipInfo], budget: _Budget) -> None:
 
 def _extract_zip(archive: Path, root: Path, budget: _Budget) -> None:
     with _reading(archive):
+        _check_zip_directory(archive, budget.settings)
         zf = zipfile.ZipFile(archive)
     with zf:
         infos = zf.infolist()
@@ -388,6 +450,7 @@ def scan_archive(archive: Path, settings: Settings) -> None:
     budget = _Budget(settings, max(archive.stat().st_size, 1))
     if kind == "zip":
         with _reading(archive):
+            _check_zip_directory(archive, budget.settings)
             zf = zipfile.ZipFile(archive)
         with zf:
             infos = zf.infolist()

@@ -1,13 +1,17 @@
 """Image headers: what an image is and how many pixels decoding it would allocate.
 
-Only the header is parsed; no pixel is decoded. Both the archive extractor (refusing an
-upload) and the dataset scan (skipping a file) judge images with these functions.
+Only the header is parsed; no pixel is decoded. The archive extractor (refusing an upload),
+the dataset scan (skipping a file), ``POST /predict`` and the model server (refusing a
+request) judge images with these functions.
 """
 
 from __future__ import annotations
 
 import io
+import mmap
+import struct
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,6 +26,20 @@ SIGNATURES = {
     b"BM": "BMP",
 }
 HEAD_BYTES = max(len(signature) for signature in SIGNATURES)
+
+# Bounds on scanning a GIF, whose size is only known after walking all of it. Past any of
+# them the GIF counts as a bomb. giflib keeps every frame's raster (a byte a pixel) until the
+# decode ends, so the frames' total is memory too, on top of the canvas.
+MAX_GIF_FRAMES = 10_000
+MAX_GIF_RASTER_PIXELS = 1 << 28
+# Data sub-blocks hold up to 255 bytes; legitimate encoders fill them, so this many blocks
+# is a GIF of hundreds of MB. Tiny blocks only make the scan slow (about 0.1 µs a block).
+MAX_GIF_BLOCKS = 1 << 21
+
+_GIF_SCREEN = struct.Struct("<HHBxx")  # logical screen: width, height, flags (after GIF89a)
+_GIF_FRAME = struct.Struct("<HHHHB")  # image descriptor: left, top, width, height, flags
+_GIF_IMAGE, _GIF_EXTENSION = 0x2C, 0x21
+_Buffer = bytes | mmap.mmap
 
 
 class ImageHeader(NamedTuple):
@@ -39,7 +57,11 @@ class UnreadableHeaderError(ValueError):
 
 
 class BombHeaderError(ValueError):
-    """The header declares a size past Pillow's own decompression-bomb limit."""
+    """The header declares a size past Pillow's own decompression-bomb limit.
+
+    Also a GIF past the bounds of scanning it (``MAX_GIF_FRAMES``, ``MAX_GIF_RASTER_PIXELS``,
+    ``MAX_GIF_BLOCKS``).
+    """
 
 
 def image_kind(head: bytes) -> str | None:
@@ -48,12 +70,22 @@ def image_kind(head: bytes) -> str | None:
 
 
 def read_header(source: Path | bytes, kind: str) -> ImageHeader:
-    """The declared width and height of an image of ``kind`` (from ``image_kind``).
+    """The width and height of the canvas the decoder allocates for an image of ``kind``.
+
+    ``kind`` comes from ``image_kind``. For PNG, JPEG and BMP that is the header's size (a
+    top-down BMP's negative height counts as its absolute value); for GIF it is not the
+    logical screen but follows the frames, see ``_gif_header``.
 
     Raises:
-        BombHeaderError: past Pillow's bomb limit (certainly too large).
-        UnreadableHeaderError: a damaged header; decoding it would fail too.
+        BombHeaderError: past Pillow's bomb limit, or a GIF past the scan's bounds
+            (certainly too large).
+        UnreadableHeaderError: a header that cannot be parsed. Decoding a GIF or BMP would
+            fail too, but TensorFlow may decode a PNG or JPEG whose header Pillow refuses
+            (libpng only warns about a bad ancillary checksum): code that hands images to
+            TensorFlow refuses those rather than pass them on.
     """
+    if kind == "GIF":
+        return _read_gif(source)
     target = io.BytesIO(source) if isinstance(source, bytes) else source
     # Pillow's bomb guard warns on big sizes: the warning is silenced here (setting
     # MAX_IMAGE_PIXELS to None instead would drop the guard for other threads meanwhile),
@@ -68,3 +100,114 @@ def read_header(source: Path | bytes, kind: str) -> ImageHeader:
         except Exception as exc:  # Pillow raises assorted types for damaged headers
             raise UnreadableHeaderError(f"unreadable {kind} header") from exc
     return ImageHeader(kind, width, height)
+
+
+# -- GIF -------------------------------------------------------------------------------------
+
+
+def _read_gif(source: Path | bytes) -> ImageHeader:
+    if isinstance(source, bytes):
+        return _gif_header(source)
+    # Mapped, not read: only the block headers are touched, however large the file.
+    try:
+        with source.open("rb") as file:
+            data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:  # ValueError: an empty file cannot be mapped
+        raise UnreadableHeaderError("unreadable GIF header") from exc
+    with data:
+        return _gif_header(data)
+
+
+def _gif_header(data: _Buffer) -> ImageHeader:
+    """The GIF's canvas, judged from its image descriptors without decoding a pixel.
+
+    TensorFlow's decoder (``tensorflow/core/lib/gif/gif_io.cc``, TF 2.21) has giflib slurp
+    every frame, keeping each frame's raster, then allocates a canvas of the largest frame
+    width by the largest frame height, ignoring the logical screen and the frames' offsets
+    (checked with tf.io.decode_image: a 100x100 screen with one 1x1 frame decodes to 1x1, a
+    1x1 screen with a 30x20 frame at (50, 60) to 20x30). Older TensorFlow allocated the
+    logical screen instead, and decoders that place frames at their offsets need left + width
+    by top + height. The size here is the largest of all of these, so it bounds them all.
+    """
+    if len(data) < 6 + _GIF_SCREEN.size:
+        raise UnreadableHeaderError("truncated GIF header")
+    width, height, flags = _GIF_SCREEN.unpack_from(data, 6)
+    start = 6 + _GIF_SCREEN.size + _color_table_bytes(flags)
+    frames = raster = 0
+    for left, top, frame_width, frame_height in _gif_frames(data, start):
+        frames += 1
+        if frames > MAX_GIF_FRAMES:
+            raise BombHeaderError(f"GIF has more than {MAX_GIF_FRAMES} frames")
+        raster += frame_width * frame_height
+        width, height = max(width, left + frame_width), max(height, top + frame_height)
+    if frames == 0:
+        # giflib fails the decode before allocating anything: no frame to decode.
+        raise UnreadableHeaderError("GIF has no complete image descriptor")
+    # The canvas costs 3 bytes a pixel, the rasters one: where they cost more than the
+    # canvas, its size alone would understate the memory.
+    if raster > max(MAX_GIF_RASTER_PIXELS, 3 * width * height):
+        raise BombHeaderError(
+            f"GIF frames hold {raster} pixels in all, more than {MAX_GIF_RASTER_PIXELS}"
+        )
+    return ImageHeader("GIF", width, height)
+
+
+def _gif_frames(data: _Buffer, pos: int) -> Iterator[tuple[int, int, int, int]]:
+    """``(left, top, width, height)`` of each frame giflib allocates, from offset ``pos``.
+
+    The walk ends where giflib's does: at the trailer, a block it does not know, a frame it
+    refuses (zero width or height) or the end of the data. A frame whose descriptor is
+    complete counts even when its pixel data is cut short: giflib allocates its raster first.
+    """
+    blocks = 0
+    while pos < len(data):
+        if data[pos] == _GIF_EXTENSION:
+            pos, count = _skip_sub_blocks(data, pos + 2)  # after the introducer and label
+        elif data[pos] == _GIF_IMAGE:
+            found = _frame_at(data, pos + 1)
+            if found is None:
+                return
+            box, pos = found
+            yield box
+            pos, count = _skip_sub_blocks(data, pos + 1)  # after the LZW minimum code size
+        else:
+            return  # the trailer (0x3B), or a byte giflib stops at
+        blocks += count
+        if blocks > MAX_GIF_BLOCKS:
+            raise BombHeaderError(f"GIF has more than {MAX_GIF_BLOCKS} data blocks")
+
+
+def _frame_at(data: _Buffer, pos: int) -> tuple[tuple[int, int, int, int], int] | None:
+    """The box of the image descriptor at ``pos`` and the offset of its pixel data.
+
+    None where giflib allocates no raster: a cut-off descriptor or color table, no byte
+    left for the LZW minimum code size, or a zero width or height.
+    """
+    if pos + _GIF_FRAME.size > len(data):
+        return None
+    left, top, width, height, flags = _GIF_FRAME.unpack_from(data, pos)
+    pos += _GIF_FRAME.size + _color_table_bytes(flags)
+    if pos >= len(data) or width == 0 or height == 0:
+        return None
+    return (left, top, width, height), pos
+
+
+def _skip_sub_blocks(data: _Buffer, pos: int) -> tuple[int, int]:
+    """The offset after the sub-blocks at ``pos`` (past the end when cut short), and their count.
+
+    The walk is capped: past ``MAX_GIF_BLOCKS`` blocks it stops early, leaving the count over
+    the cap for the caller to refuse.
+    """
+    end, count = len(data), 0
+    while pos < end and count <= MAX_GIF_BLOCKS:
+        size = data[pos]
+        pos += 1 + size
+        if size == 0:
+            return pos, count
+        count += 1
+    return pos, count
+
+
+def _color_table_bytes(flags: int) -> int:
+    """Bytes of the color table a screen or image descriptor's ``flags`` announce."""
+    return 3 << ((flags & 0x07) + 1) if flags & 0x80 else 0

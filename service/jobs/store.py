@@ -36,6 +36,9 @@ from service.jobs.records import (
 )
 from service.jobs.tables import Base, JobRow
 
+# The job's progress phase from the moment its version's rename may happen.
+PUBLISHING = "publishing"
+
 if TYPE_CHECKING:
     from service.config import Settings
 
@@ -204,6 +207,10 @@ class JobStore:
                 raise JobFinishedError(
                     f"job {job_id} already {state.value}; it cannot be cancelled"
                 )
+            if state is JobState.RUNNING and (row.progress or {}).get("phase") == PUBLISHING:
+                raise JobFinishedError(
+                    f"job {job_id} is publishing its version; it can no longer be cancelled"
+                )
             if state is not JobState.CANCELLED and not row.cancel_requested:
                 row.cancel_requested = True
                 row.updated_at = now
@@ -278,6 +285,24 @@ class JobStore:
                 # A new list, so the JSON column sees the change.
                 row.history = [*row.history, epoch_metrics]
             row.renew(_now(), self.lease_seconds)
+
+    def begin_publish(self, job_id: str, worker_id: str) -> bool:
+        """The last point where cancellation wins: called just before the version's rename.
+
+        Returns False if a cancel was requested (the worker must publish nothing). Otherwise
+        the job's phase becomes ``publishing`` in the same transaction, and from then on
+        ``cancel`` answers ``JobFinishedError``: a version is about to exist.
+
+        Raises:
+            LeaseLostError: the job is no longer running under ``worker_id``.
+        """
+        with self._write.begin() as session:
+            row = queries.owned(session, job_id, worker_id)
+            if row.cancel_requested:
+                return False
+            row.progress = {**(row.progress or {}), "phase": PUBLISHING}
+            row.renew(_now(), self.lease_seconds)
+            return True
 
     def succeed(self, job_id: str, worker_id: str, result: dict[str, Any]) -> Job:
         """Finish the job with its result. Raises ``LeaseLostError`` (see ``heartbeat``)."""

@@ -23,6 +23,7 @@ from service.contract.signatures import BYTES_INPUT, SERVING_DEFAULT
 from service.errors import (
     BadRequestError,
     FtserveError,
+    ImageTooLargeError,
     ModelNotFoundError,
     ModelServerTimeoutError,
     ModelServerUnavailableError,
@@ -111,6 +112,8 @@ def map_grpc_errors() -> Iterator[None]:
             raise ModelNotFoundError(summary) from exc
         if code == Codes.INVALID_ARGUMENT and any(word in lowered for word in _IMAGE_ERRORS):
             raise NotAnImageError("An instance is not a JPEG, PNG, GIF or BMP image") from exc
+        if code == Codes.INVALID_ARGUMENT and "pixels), more than the limit" in lowered:
+            raise ImageTooLargeError(summary) from exc  # the model server's bomb guard
         if code == Codes.INVALID_ARGUMENT and "maximum input batch size" in lowered:
             raise TooManyInstancesError(summary) from exc
         if code in (Codes.INVALID_ARGUMENT, Codes.FAILED_PRECONDITION):

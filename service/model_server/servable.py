@@ -2,7 +2,8 @@
 
 Requests are checked against the SavedModel's ``SignatureDef``s the way TensorFlow Serving
 checks them (``predict_util.cc``), with its messages, before anything runs; errors while
-running keep TensorFlow's status code.
+running keep TensorFlow's status code. Encoded images in string inputs are judged by their
+headers too: a decoder allocates the canvas a header declares before it reads a pixel.
 """
 
 from __future__ import annotations
@@ -16,10 +17,17 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
-from tensorflow.core.framework import tensor_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+from service.ingest.images import (
+    HEAD_BYTES,
+    BombHeaderError,
+    UnreadableHeaderError,
+    image_kind,
+    read_header,
+)
 from service.model_server.status import ServingError, invalid_argument
 from service.model_server.tensors import tensor_proto
 
@@ -32,6 +40,14 @@ WARMUP_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
 # TensorFlow Serving reads at most this many warmup records.
 MAX_WARMUP_RECORDS = 1000
 _SERVE_TAG = "serve"
+# Encoded images may declare at most this many pixels (the API's image_max_pixels default).
+MAX_IMAGE_PIXELS = 40_000_000
+# Kinds whose header Pillow may refuse where TensorFlow's decoder reads it and allocates the
+# canvas (libpng only warns about a bad checksum on an ancillary chunk; Pillow fails): those
+# are refused. An unreadable GIF has no frame, so giflib allocates nothing, and TensorFlow
+# decodes a BMP only when the request holds every pixel's bytes: those are left to the model,
+# as is text that happens to start with "BM".
+_DECODER_READS_WHAT_PILLOW_CANNOT = frozenset({"PNG", "JPEG"})
 
 
 class LoadError(Exception):
@@ -190,7 +206,40 @@ def _decode_input(
     except (TypeError, ValueError) as exc:
         raise invalid_argument(f"tensor parsing error: {alias}") from exc
     _check_shape(alias, array.shape, info)
+    if proto.dtype == types_pb2.DT_STRING:
+        _check_images(alias, array)
     return array
+
+
+def _check_images(alias: str, values: np.ndarray) -> None:
+    """Refuse encoded images whose headers declare more than ``MAX_IMAGE_PIXELS``.
+
+    Values that do not start like a JPEG, PNG, GIF or BMP are left for the model to judge.
+    """
+    for index, value in enumerate(values.flat):
+        problem = _image_problem(value) if isinstance(value, bytes) else None
+        if problem is not None:
+            raise invalid_argument(f"input {alias}[{index}] {problem}")
+
+
+def _image_problem(value: bytes) -> str | None:
+    kind = image_kind(value[:HEAD_BYTES])
+    if kind is None:
+        return None
+    try:
+        header = read_header(value, kind)
+    except BombHeaderError as exc:
+        return f"is a {kind} too large to decode: {exc}"
+    except UnreadableHeaderError:
+        if kind not in _DECODER_READS_WHAT_PILLOW_CANNOT:
+            return None  # TensorFlow fails before allocating: left to it, like any bytes
+        return f"starts like a {kind} but its header is damaged, so it cannot be decoded"
+    if header.pixels <= MAX_IMAGE_PIXELS:
+        return None
+    return (
+        f"is a {header.width}x{header.height} {kind} ({header.pixels} pixels),"
+        f" more than the limit {MAX_IMAGE_PIXELS}"
+    )
 
 
 def _check_shape(alias: str, shape: tuple[int, ...], info: meta_graph_pb2.TensorInfo) -> None:

@@ -20,6 +20,7 @@ import keras
 from keras import layers, ops
 
 from service.config import Settings
+from service.contract.train_config import weights_file
 from service.errors import InvalidConfigError, WeightsUnavailableError
 
 # Channel means (BGR) of the ImageNet training set, as the Caffe-era models expect.
@@ -212,14 +213,7 @@ def resolve_weights(
 
 
 def _weights_file(name: str, settings: Settings) -> ResolvedWeights:
-    if Path(name).name != name or name in ("", ".", ".."):
-        raise InvalidConfigError(
-            f"weights must be 'imagenet', 'none' or a file name in the weights folder, "
-            f"not a path: {name!r}"
-        )
-    path = settings.weights_dir / name
-    if not path.is_file():
-        raise WeightsUnavailableError(f"weights file {name!r} not found: expected {path}")
+    path = weights_file(name, settings.weights_dir)
     return ResolvedWeights("file", path, _sha256(path))
 
 

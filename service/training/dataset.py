@@ -8,6 +8,9 @@ also allowed in sub-folders of a class and one extra top-level folder around the
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +23,8 @@ from service.errors import DatasetError
 from service.ingest.archive import extract_archive
 from service.ingest.images import BombHeaderError, UnreadableHeaderError, image_kind, read_header
 
+DATASET_DIR = "dataset"
+_PARTIAL_PREFIX = ".dataset-partial-"
 JUNK_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 JUNK_DIRS = frozenset({"__MACOSX"})
 
@@ -46,10 +51,29 @@ class DatasetIndex:
 def open_dataset(source: Path, work_dir: Path, settings: Settings) -> DatasetIndex:
     """Index a dataset folder or archive (extracted safely into ``work_dir``)."""
     if source.is_file():
-        source = extract_archive(source, work_dir / "dataset", settings)
+        source = extracted(source, work_dir, settings)
     elif not source.is_dir():
         raise DatasetError(f"dataset {source} is neither a folder nor an archive")
     return scan_dataset(source, settings)
+
+
+def extracted(archive: Path, work_dir: Path, settings: Settings) -> Path:
+    """``<work_dir>/dataset``: the archive extracted once per job, whatever came before.
+
+    Extraction goes into a scratch folder that is renamed when complete, so a job retried
+    after its worker died (kill -9, OOM, a rolling deploy) reuses a finished extraction
+    and redoes an interrupted one; it never finds half a dataset in its place.
+    """
+    done = work_dir / DATASET_DIR
+    if done.is_dir() and not done.is_symlink():
+        return done
+    for leftover in work_dir.glob(f"{_PARTIAL_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)  # an extraction its worker never finished
+    work_dir.mkdir(parents=True, exist_ok=True)
+    scratch = work_dir / f"{_PARTIAL_PREFIX}{secrets.token_hex(4)}"
+    extract_archive(archive, scratch, settings)
+    os.rename(scratch, done)
+    return done
 
 
 def scan_dataset(root: Path, settings: Settings) -> DatasetIndex:
@@ -58,6 +82,10 @@ def scan_dataset(root: Path, settings: Settings) -> DatasetIndex:
     class_dirs = sorted(
         p for p in class_root.iterdir() if p.is_dir() and not p.is_symlink() and not _is_junk(p)
     )
+    for folder in class_dirs:
+        if any(ord(c) < 32 or ord(c) == 127 for c in folder.name):
+            # The class names become labels.txt, one per line: a newline would add classes.
+            raise DatasetError(f"class folder {folder.name!r} has a control character in its name")
     label_of = {d.name: i for i, d in enumerate(class_dirs)}
     paths: list[Path] = []
     labels: list[int] = []

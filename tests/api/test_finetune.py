@@ -140,12 +140,31 @@ def test_data_uri_outside_the_root_or_not_a_folder_is_400(client: TestClient, da
         ("{not json", "invalid_config"),
         ("[1, 2]", "invalid_config"),
         ("[" * 100_000, "invalid_config"),  # too deep for the JSON parser
+        ({**CONFIG, "base_model": "mobilenetv2"}, "invalid_config"),  # known without TF
+        ({**CONFIG, "weights": "missing.weights.h5"}, "weights_unavailable"),
+        ({**CONFIG, "weights": "../etc/passwd"}, "invalid_config"),
+        ({**CONFIG, "promote": "sometimes"}, "invalid_config"),
+        ({**CONFIG, "min_accuracy": 1.5}, "invalid_config"),
     ],
 )
 def test_invalid_config_is_422_and_leaves_nothing(client: TestClient, config, code):
     response = submit(client, dataset_zip(), config)
     assert error_of(response) == (422, code)
     assert_nothing_left(client)
+
+
+def test_a_misspelt_base_model_is_refused_with_the_closest_name(client: TestClient):
+    response = submit(client, dataset_zip(), {**CONFIG, "base_model": "mobilenetv2"})
+    assert error_of(response) == (422, "invalid_config")
+    assert "did you mean 'mobilenet_v2'?" in response.json()["error"]["message"]
+
+
+def test_a_weights_file_in_the_weights_folder_is_accepted(client: TestClient):
+    weights_dir = settings_of(client).weights_dir
+    weights_dir.mkdir(parents=True)
+    (weights_dir / "mine.weights.h5").write_bytes(b"weights")
+    response = submit(client, dataset_zip(), {**CONFIG, "weights": "mine.weights.h5"})
+    assert response.status_code == 202, response.text
 
 
 def test_missing_config_field_is_422(client: TestClient):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.jobs.store import JobStore
-from tests.api.conftest import TestClient, error_of
+from tests.api.conftest import TestClient, dataset_zip, error_of, leftovers, settings_of
 
 
 def enqueue(store: JobStore, model: str = "flowers") -> str:
@@ -115,3 +115,39 @@ def test_cancel_finished_job_is_409(client: TestClient, store: JobStore):
     store.claim("w1")
     store.succeed(job_id, "w1", {"model": "flowers", "version": 1})
     assert error_of(client.delete(f"/finetune/{job_id}")) == (409, "job_finished")
+
+
+def test_cancelling_a_queued_upload_frees_its_archive_at_once(client: TestClient):
+    accepted = client.post(
+        "/finetune",
+        files={"dataset": ("data.zip", dataset_zip(), "application/zip")},
+        data={"config": '{"model_name": "flowers"}'},
+    )
+    assert accepted.status_code == 202, accepted.text
+    settings = settings_of(client)
+    assert len(leftovers(settings)) == 1  # the job's own copy of the upload
+
+    assert client.delete(f"/finetune/{accepted.json()['job_id']}").status_code == 200
+    assert leftovers(settings) == []
+
+
+def test_cancelling_a_running_upload_leaves_the_archive_to_its_worker(
+    client: TestClient, store: JobStore
+):
+    accepted = client.post(
+        "/finetune",
+        files={"dataset": ("data.zip", dataset_zip(), "application/zip")},
+        data={"config": '{"model_name": "flowers"}'},
+    )
+    store.claim("w1")
+    assert client.delete(f"/finetune/{accepted.json()['job_id']}").status_code == 202
+    assert len(leftovers(settings_of(client))) == 1  # the worker still reads it until it stops
+
+
+def test_cancel_once_the_version_is_being_published_is_409(client: TestClient, store: JobStore):
+    job_id = enqueue(store)
+    store.claim("w1")
+    assert store.begin_publish(job_id, "w1") is True
+    response = client.delete(f"/finetune/{job_id}")
+    assert error_of(response) == (409, "job_finished")
+    assert "publishing its version" in response.json()["error"]["message"]

@@ -122,6 +122,28 @@ def test_cancel_while_running_stops_within_a_batch_and_publishes_nothing(store, 
     assert not (settings.work_dir / job.id).exists()
 
 
+def test_a_cancel_during_export_wins_and_publishes_nothing(store, settings, dataset):
+    """Training is over and the export runs (seconds): a cancel then still wins, because the
+    worker checks it in the store under the repository lock right before the rename."""
+    job = store.enqueue("shapes", CONFIG, str(upload(settings, dataset, "late")))
+    thread = threading.Thread(target=Worker(store, settings, "w1").run, kwargs={"once": True})
+    thread.start()
+    deadline = time.monotonic() + 120
+    while len(store.get(job.id).history) < CONFIG["epochs"] + CONFIG["fine_tune_epochs"]:
+        assert time.monotonic() < deadline, "training never finished"
+        time.sleep(0.02)
+    answered = store.cancel(job.id)  # the last epoch ended: evaluation and export are next
+    thread.join(timeout=120)
+
+    assert answered.cancel_requested
+    cancelled = store.get(job.id)
+    assert cancelled.state == JobState.CANCELLED, cancelled.error
+    assert ModelRepository(settings.model_repo).versions("shapes") == []
+    assert list((settings.model_repo / "shapes").glob(".staging-*")) == []
+    assert not (settings.work_dir / job.id).exists()
+    assert list(settings.uploads_dir().iterdir()) == []
+
+
 def test_a_retried_job_that_already_published_does_not_publish_again(store, settings, dataset):
     job = store.enqueue("shapes", CONFIG, str(dataset))
     Worker(store, settings, "w1").run(once=True)
@@ -158,9 +180,12 @@ def worker_process(settings: Settings, worker_id: str, log: Path) -> subprocess.
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.parametrize("source", ["folder", "upload"])
 def test_a_killed_worker_s_job_is_resumed_by_another_and_published_once(
-    store, settings, dataset, tmp_path
+    store, settings, dataset, tmp_path, source: str
 ):
+    if source == "upload":  # an archive the API kept in the uploads folder
+        dataset = upload(settings, dataset, "job")
     job = store.enqueue("shapes", {**CONFIG, "fine_tune_epochs": 12}, str(dataset))
     first = worker_process(settings, "first", tmp_path / "first.log")
     try:
@@ -199,6 +224,10 @@ def test_a_killed_worker_s_job_is_resumed_by_another_and_published_once(
     assert fine_tune.count(1) == 1
     assert fine_tune[-1] == 12
     assert ModelRepository(settings.model_repo).versions("shapes") == [1]
+    # Nothing is left behind: the job folder (extraction, caches) and the upload are gone.
+    assert not (settings.work_dir / job.id).exists()
+    if source == "upload":
+        assert not dataset.exists()
 
 
 def test_sigterm_hands_the_running_job_back_to_the_queue(store, settings, dataset, tmp_path):
@@ -216,3 +245,20 @@ def test_sigterm_hands_the_running_job_back_to_the_queue(store, settings, datase
     assert released.state == JobState.QUEUED
     assert released.attempts == 0  # a rolling restart does not use up an attempt
     assert (settings.work_dir / job.id).is_dir()  # checkpoints kept for the next worker
+
+
+def test_an_unusable_model_repository_fails_the_job_before_training(store, settings, dataset):
+    # A file where the repository should be: no folder can be made there (root or not).
+    settings.model_repo.parent.mkdir(parents=True, exist_ok=True)
+    settings.model_repo.write_text("not a folder")
+    job = store.enqueue("shapes", CONFIG, str(upload(settings, dataset, "nowhere")))
+
+    Worker(store, settings, "w1").run(once=True)
+
+    failed = store.get(job.id)
+    assert failed.state == JobState.FAILED
+    assert failed.error["code"] == "storage_unavailable"
+    assert "model repository" in failed.error["message"]
+    assert failed.history == []  # refused before the first epoch, not after training
+    assert not (settings.work_dir / job.id).exists()
+    assert list(settings.uploads_dir().iterdir()) == []

@@ -688,3 +688,65 @@ def test_scan_accepts_a_good_archive_and_counts_declared_sizes(tmp_path: Path) -
 def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+# --- names and depth -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["cats\n/a.png", "ca\rts/a.png", "cats/a\x1b.png", "c\x7f/a.png"])
+def test_control_characters_in_a_member_name_are_refused(tmp_path: Path, name: str) -> None:
+    archive = make_zip(tmp_path / "data.zip", {**LAYOUT, name: image_bytes("PNG", (4, 4))})
+    with pytest.raises(UnsafeArchiveMemberError, match="control character"):
+        scan_archive(archive, make_settings())
+    destination = tmp_path / "out"
+    with pytest.raises(UnsafeArchiveMemberError, match="control character"):
+        extract_archive(archive, destination, make_settings())
+    assert_nothing_left(destination)
+
+
+def test_members_nested_past_the_depth_limit_are_refused(tmp_path: Path) -> None:
+    deep = "/".join(["d"] * 1500) + "/a.png"
+    archive = make_tar(tmp_path / "data.tar", {**LAYOUT, deep: image_bytes("PNG", (4, 4))})
+    with pytest.raises(ArchiveLimitError, match="1501 folders deep"):
+        scan_archive(archive, make_settings())
+    destination = tmp_path / "out"
+    with pytest.raises(ArchiveLimitError, match="at most 32"):
+        extract_archive(archive, destination, make_settings())
+    assert_nothing_left(destination)
+
+
+def test_members_at_the_depth_limit_are_kept(tmp_path: Path) -> None:
+    name = "/".join(["d"] * 31) + "/a.png"
+    archive = make_zip(tmp_path / "data.zip", {name: image_bytes("PNG", (4, 4))})
+    destination = extract_archive(archive, tmp_path / "out", make_settings())
+    assert (destination / name).is_file()
+
+
+# --- the zip's central directory is judged before it is parsed ----------------------------
+
+
+def forge_end_record(path: Path, entries: int, directory_bytes: int) -> None:
+    """Rewrite the end-of-central-directory record's declared entry count and size."""
+    data = bytearray(path.read_bytes())
+    at = data.rfind(b"PK\x05\x06")
+    struct.pack_into(
+        "<HHI", data, at + 8, min(entries, 0xFFFF), min(entries, 0xFFFF), directory_bytes
+    )
+    path.write_bytes(bytes(data))
+
+
+def test_a_zip_declaring_more_members_than_allowed_is_refused_before_parsing(tmp_path: Path):
+    archive = make_zip(tmp_path / "data.zip", LAYOUT)
+    forge_end_record(archive, entries=60_000, directory_bytes=100)
+    settings = make_settings(archive_max_members=1000)
+    with pytest.raises(ArchiveLimitError, match="more than 1000 members"):
+        scan_archive(archive, settings)
+    with pytest.raises(ArchiveLimitError):
+        extract_archive(archive, tmp_path / "out", settings)
+
+
+def test_a_zip_declaring_a_huge_central_directory_is_refused(tmp_path: Path):
+    archive = make_zip(tmp_path / "data.zip", LAYOUT)
+    forge_end_record(archive, entries=3, directory_bytes=940_000_000)
+    with pytest.raises(ArchiveLimitError, match="central directory is 940000000 bytes"):
+        scan_archive(archive, make_settings(archive_max_members=1000))

@@ -629,6 +629,28 @@ def test_cancel_running_job_asks_its_worker_to_stop(store: JobStore):
     assert store.get(job.id) == cancelled
 
 
+def test_a_cancel_before_the_publish_point_stops_the_publish(store: JobStore):
+    job = running(store)
+    store.cancel(job.id)
+    assert store.begin_publish(job.id, "w1") is False
+    assert store.get(job.id).state is JobState.RUNNING  # the worker marks it cancelled
+
+
+def test_after_the_publish_point_a_cancel_is_refused(store: JobStore):
+    job = running(store)
+    assert store.begin_publish(job.id, "w1") is True
+    assert store.get(job.id).progress["phase"] == "publishing"
+    with pytest.raises(JobFinishedError, match="publishing its version"):
+        store.cancel(job.id)
+    assert store.get(job.id).cancel_requested is False
+
+
+def test_only_the_owner_may_reach_the_publish_point(store: JobStore):
+    job = running(store)
+    with pytest.raises(LeaseLostError):
+        store.begin_publish(job.id, "someone-else")
+
+
 def test_cancel_running_job_twice_changes_nothing_the_second_time(store: JobStore):
     job = running(store)
     first = store.cancel(job.id)

@@ -36,6 +36,14 @@ def mapped(code: grpc.StatusCode, details: str) -> errors.FtserveError:
         ),
         (
             Code.INVALID_ARGUMENT,
+            "input image_bytes[3] is a 30000x30000 GIF (900000000 pixels), more than the limit"
+            " 40000000",
+            errors.ImageTooLargeError,
+            "input image_bytes[3] is a 30000x30000 GIF (900000000 pixels), more than the limit"
+            " 40000000",
+        ),
+        (
+            Code.INVALID_ARGUMENT,
             "Unknown image file format. One of JPEG, PNG, GIF, BMP required.\n\t [[{{node x}}]]",
             errors.NotAnImageError,
             "An instance is not a JPEG, PNG, GIF or BMP image",

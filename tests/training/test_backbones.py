@@ -240,7 +240,9 @@ def test_missing_weights_file_names_the_expected_path(settings):
         resolve_weights(get_backbone("small_cnn"), "base.weights.h5", 32, settings)
 
     expected = settings.weights_dir / "base.weights.h5"
-    assert caught.value.message == f"weights file 'base.weights.h5' not found: expected {expected}"
+    assert caught.value.message == (
+        f"weights file 'base.weights.h5' not found: expected {expected}; it holds no file"
+    )
 
 
 def save_weights(model: keras.Model, folder: Path, name: str) -> Path:
@@ -279,3 +281,10 @@ def test_weights_file_from_another_architecture_does_not_fit(settings):
     assert caught.value.message.startswith(
         "weights file 'other.weights.h5' does not fit small_cnn at image_size 16: "
     )
+
+
+def test_the_contract_names_every_registered_backbone():
+    from service.contract.train_config import BASE_MODELS
+    from service.training.backbones import BACKBONES
+
+    assert sorted(BASE_MODELS) == sorted(BACKBONES)

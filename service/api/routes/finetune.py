@@ -35,7 +35,9 @@ from service.errors import (
     UnsafeArchiveMemberError,
     UnsupportedMediaTypeError,
     UploadTooLargeError,
+    WeightsUnavailableError,
 )
+from service.ingest.retention import discard_upload
 from service.jobs.records import Job, JobState
 
 router = APIRouter(prefix="/finetune", tags=["finetune"])
@@ -105,6 +107,7 @@ ExistingJobDep = Annotated[Job, Depends(existing_job)]
             PayloadTooLargeError,
             UnsupportedMediaTypeError,
             InvalidConfigError,
+            WeightsUnavailableError,
             IdempotencyKeyReusedError,
             UnprocessableError,
             QueueFullError,
@@ -164,9 +167,15 @@ def get_job(job: ExistingJobDep) -> JobView:
         **error_responses(UnauthorizedError, JobNotFoundError, JobFinishedError),
     },
 )
-def cancel_job(job_id: str, store: JobStoreDep) -> JSONResponse:
-    """A queued job is cancelled at once (200); a running one stops soon after (202)."""
+def cancel_job(job_id: str, store: JobStoreDep, settings: SettingsDep) -> JSONResponse:
+    """A queued job is cancelled at once (200); a running one stops soon after (202).
+
+    A job cancelled here never runs: its uploaded archive goes at once (a running job's
+    worker removes it when it stops).
+    """
     job = store.cancel(job_id)
+    if job.finished:
+        discard_upload(job.dataset, settings.uploads_dir())
     body = JobView.from_job(job).model_dump(mode="json")
     return JSONResponse(body, status_code=200 if job.finished else 202)
 

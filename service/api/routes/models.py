@@ -9,7 +9,14 @@ from fastapi.responses import FileResponse
 
 from service.api.deps import LifecycleDep, PredictClientDep, RepositoryDep
 from service.api.models import describe_model, list_models, model_versions, onnx_path
-from service.api.schemas import Deleted, LabelMove, ModelDetail, ModelList, error_responses
+from service.api.schemas import (
+    MAX_VERSION,
+    Deleted,
+    LabelMove,
+    ModelDetail,
+    ModelList,
+    error_responses,
+)
 from service.contract.names import MODEL_NAME_PATTERN, check_model_name
 from service.contract.serving_state import LABEL_PATTERN
 from service.errors import (
@@ -42,7 +49,7 @@ Label = Annotated[
         json_schema_extra={"pattern": LABEL_PATTERN},
     ),
 ]
-Version = Annotated[int, Path(ge=1)]
+Version = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 Force = Annotated[bool, Query(description="Also when the label(s) still carry traffic.")]
 _MODEL_ERRORS = (InvalidModelNameError, UnauthorizedError, ModelNotFoundError)
 

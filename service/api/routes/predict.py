@@ -8,10 +8,11 @@ from fastapi import APIRouter, Request
 
 from service.api.deps import PredictClientDep, RepositoryDep, SettingsDep
 from service.api.predict import FILES_FIELD, predict, read_predict_request
-from service.api.schemas import MAX_TOP_K, PredictResponse, error_responses
+from service.api.schemas import MAX_TOP_K, MAX_VERSION, PredictResponse, error_responses
 from service.contract.names import MODEL_NAME_PATTERN
 from service.errors import (
     BadRequestError,
+    ImageTooLargeError,
     InvalidBase64Error,
     InvalidModelNameError,
     LabelNotFoundError,
@@ -33,7 +34,7 @@ router = APIRouter(tags=["predict"])
 # PredictOptions as form fields (strings on the wire, read with the same model).
 _OPTION_PROPERTIES: dict[str, Any] = {
     "model": {"type": "string", "maxLength": 63, "pattern": MODEL_NAME_PATTERN},
-    "version": {"type": "integer", "minimum": 1},
+    "version": {"type": "integer", "minimum": 1, "maximum": MAX_VERSION},
     "label": {"type": "string", "minLength": 1, "maxLength": 255},
     "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K},
 }
@@ -78,6 +79,7 @@ _PREDICT_BODY: dict[str, Any] = {
         VersionNotServedError,
         LabelNotFoundError,
         TooManyInstancesError,
+        ImageTooLargeError,
         PayloadTooLargeError,
         UnsupportedMediaTypeError,
         UnprocessableError,
