@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.export_serving
 	$(BIN)/python -m bench.model_server
 	$(BIN)/python -m bench.api_predict
+	$(BIN)/python -m bench.label_moves
 
 clean:
 	rm -rf $(VENV) $(API_VENV) var .pytest_cache .ruff_cache .mypy_cache

@@ -19,9 +19,9 @@ from service.errors import (
 from service.jobs.records import Job, JobState
 
 MAX_TOP_K = 1000
-# Versions are int64 on the wire (ModelSpec.version). The bound is a power of two, so that
-# JSON Schema tools reading it as a float get it exactly (2**63 - 1 rounds up to 2**63).
-MAX_VERSION = 2**62
+# Versions are int64 on the wire (ModelSpec.version); the API takes those a JSON number
+# keeps exactly everywhere (JavaScript, and schema tools that compare as floats).
+MAX_VERSION = 2**53 - 1
 
 
 class ErrorBody(BaseModel):

@@ -8,9 +8,11 @@ phase.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -108,14 +110,24 @@ class KeepBest(keras.callbacks.Callback):
     """Remembers the weights with the lowest validation loss, starting from a baseline.
 
     With the phase-1 loss as baseline, fine-tuning that never beats it leaves the
-    phase-1 weights in place.
+    phase-1 weights in place. With ``path``, the best weights are also kept on disk, so a
+    run resumed after a crash still knows the best epoch from before it.
     """
 
-    def __init__(self, baseline: float, baseline_weights: list[np.ndarray]) -> None:
+    def __init__(
+        self, baseline: float, baseline_weights: list[np.ndarray], path: Path | None = None
+    ) -> None:
         super().__init__()
         self.best = baseline
         self.best_weights = baseline_weights
         self.improved = False
+        self.path = path
+        if path is not None and path.is_file():
+            with np.load(path) as saved:
+                self.best = float(saved["val_loss"])
+                count = len(saved.files) - 1
+                self.best_weights = [saved[f"arr_{i}"] for i in range(count)]
+            self.improved = True
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         loss = (logs or {}).get("val_loss")
@@ -123,6 +135,15 @@ class KeepBest(keras.callbacks.Callback):
             self.best = float(loss)
             self.best_weights = self.model.get_weights()
             self.improved = True
+            if self.path is not None:
+                self._save()
+
+    def _save(self) -> None:
+        assert self.path is not None
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("wb") as handle:
+            np.savez(handle, *self.best_weights, val_loss=np.float64(self.best))
+        os.replace(tmp, self.path)  # a crash mid-write leaves the previous best intact
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self.model.set_weights(self.best_weights)

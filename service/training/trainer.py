@@ -46,6 +46,7 @@ from service.training.runtime import Runtime, dtype_policy, resolve_runtime
 
 PHASE1_WEIGHTS = "phase1-weights.npz"
 PHASE1_STATE = "phase1.json"
+PHASE2_BEST = "phase2-best.npz"
 
 
 @dataclass
@@ -372,7 +373,7 @@ def _phase2(run: _Run, clf: Classifier, data: _Data, start: int, phase1_loss: fl
     unfrozen = unfreeze_from(clf.base, start)
     # Changing `trainable` only takes effect after compiling again.
     run.compile(clf.model, config.fine_tune_learning_rate, data.options.num_classes)
-    keep = KeepBest(phase1_loss, clf.model.get_weights())
+    keep = KeepBest(phase1_loss, clf.model.get_weights(), run.work_dir / PHASE2_BEST)
     stop = keras.callbacks.EarlyStopping(patience=config.early_stopping_patience)
     epochs = config.fine_tune_epochs
     callbacks = [*run.callbacks("fine_tune", epochs, data.steps), keep, stop]

@@ -10,7 +10,6 @@ import struct
 import tarfile
 import warnings
 import zipfile
-import zlib
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from service.errors import (
 )
 from service.ingest import archive as archive_module
 from service.ingest.archive import extract_archive, is_archive, scan_archive
+from tests.support.images import png_header_only
 
 MiB = 1024 * 1024
 
@@ -58,18 +58,6 @@ def image_bytes(fmt: str, size: tuple[int, int]) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, (200, 30, 30)).save(buf, format=fmt)
     return buf.getvalue()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header declares width x height, with no real pixel data behind it."""
-
-    def chunk(tag: bytes, body: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(tag + body))
-        return struct.pack(">I", len(body)) + tag + body + crc
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    idat = zlib.compress(b"")
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def make_zip(
