@@ -348,13 +348,22 @@ def _check_zip_headers(infos: list[zipfile.ZipInfo], budget: _Budget) -> None:
         _check_ratio(info.file_size, info.compress_size, limit, repr(info.filename))
 
 
-def _extract_zip(archive: Path, root: Path, budget: _Budget) -> None:
+@contextmanager
+def _checked_zip(
+    archive: Path, budget: _Budget
+) -> Iterator[tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]]:
+    """The open zip and its members, once its end record and headers passed the limits."""
     with _reading(archive):
         _check_zip_directory(archive, budget.settings)
         zf = zipfile.ZipFile(archive)
     with zf:
         infos = zf.infolist()
         _check_zip_headers(infos, budget)
+        yield zf, infos
+
+
+def _extract_zip(archive: Path, root: Path, budget: _Budget) -> None:
+    with _checked_zip(archive, budget) as (zf, infos):
         for info in infos:
             target = _check_zip_member(info, root, budget)
             if info.is_dir() or info.filename.endswith("\\"):
@@ -449,12 +458,7 @@ def scan_archive(archive: Path, settings: Settings) -> None:
         raise InvalidArchiveError("The dataset is not a zip or tar (plain, gz, bz2, xz) archive")
     budget = _Budget(settings, max(archive.stat().st_size, 1))
     if kind == "zip":
-        with _reading(archive):
-            _check_zip_directory(archive, budget.settings)
-            zf = zipfile.ZipFile(archive)
-        with zf:
-            infos = zf.infolist()
-            _check_zip_headers(infos, budget)
+        with _checked_zip(archive, budget) as (_, infos):
             for info in infos:
                 _check_zip_member(info, _NOWHERE, budget)
         return
