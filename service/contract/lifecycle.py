@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from service.contract.repository import ModelRepository
@@ -194,60 +194,62 @@ class Lifecycle:
 
         return await asyncio.to_thread(self.repository.update_state, model, apply)
 
+    async def _poll(self, done: Callable[[], Awaitable[bool]], late: str) -> None:
+        """Ask ``done()`` every ``poll_seconds`` until it holds; past the timeout, 504 ``late``."""
+        deadline = time.monotonic() + self.timeout
+        while not await done():
+            if time.monotonic() >= deadline:
+                raise ModelServerTimeoutError(late)
+            await asyncio.sleep(self.poll_seconds)
+
     async def _wait_available(self, model: str, version: int) -> None:
         if self.status is None:
             return
-        deadline = time.monotonic() + self.timeout
-        while True:
+
+        async def loaded() -> bool:
             _, status = await self._version_status(model, version)
-            if status is not None and status.state == AVAILABLE:
-                return
             if status is not None and status.state == END and status.error_code:
                 raise VersionFailedError(
                     f"The model server could not load version {version} of model {model!r}:"
                     f" {status.error_message}"
                 )
-            if time.monotonic() >= deadline:
-                raise ModelServerTimeoutError(
-                    f"Version {version} of model {model!r} did not load within"
-                    f" {self.timeout:g} s; the label was not moved"
-                )
-            await asyncio.sleep(self.poll_seconds)
+            return status is not None and status.state == AVAILABLE
+
+        late = f"Version {version} of model {model!r} did not load within {self.timeout:g} s;"
+        await self._poll(loaded, late + " the label was not moved")
 
     async def _wait_label(self, model: str, label: str, version: int) -> None:
         """Until the model server resolves ``label`` to ``version``: it reads models.config
         by polling, and a move is only done when requests for the label reach the version."""
         if self.status is None:
             return
-        deadline = time.monotonic() + self.timeout
-        while True:
+        status = self.status
+
+        async def applied() -> bool:
             try:
-                if await self.status.label_version(model, label, timeout=5.0) == version:
-                    return
+                return await status.label_version(model, label, timeout=5.0) == version
             except (ModelNotFoundError, ModelServerUnavailableError, ModelServerTimeoutError):
-                pass  # not applied yet, or the server is busy: ask again until the deadline
-            if time.monotonic() >= deadline:
-                raise ModelServerTimeoutError(
-                    f"Label {label!r} of model {model!r} points at version {version} in"
-                    f" models.config, but the model server did not apply it within"
-                    f" {self.timeout:g} s"
-                )
-            await asyncio.sleep(self.poll_seconds)
+                return False  # not applied yet, or the server is busy: ask again
+
+        await self._poll(
+            applied,
+            f"Label {label!r} of model {model!r} points at version {version} in models.config,"
+            f" but the model server did not apply it within {self.timeout:g} s",
+        )
 
     async def _wait_unloaded(self, model: str, version: int) -> None:
         if self.status is None:
             return
-        deadline = time.monotonic() + self.timeout
-        while True:
+
+        async def unloaded() -> bool:
             reachable, status = await self._version_status(model, version)
-            if reachable and (status is None or status.state == END):
-                return
-            if time.monotonic() >= deadline:
-                raise ModelServerTimeoutError(
-                    f"Version {version} of model {model!r} was not unloaded within"
-                    f" {self.timeout:g} s; it is no longer served and stays on disk"
-                )
-            await asyncio.sleep(self.poll_seconds)
+            return reachable and (status is None or status.state == END)
+
+        await self._poll(
+            unloaded,
+            f"Version {version} of model {model!r} was not unloaded within {self.timeout:g} s;"
+            " it is no longer served and stays on disk",
+        )
 
     async def _version_status(
         self, model: str, version: int
