@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -9,6 +10,18 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GiB = 1024**3
+
+
+def _default_job_memory_bytes() -> int:
+    """Three quarters of this machine's memory (or its cgroup limit, when lower)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        limit = "max"
+    if limit.isdigit():
+        total = min(total, int(limit))
+    return total * 3 // 4
 
 
 class Settings(BaseSettings):
@@ -40,9 +53,18 @@ class Settings(BaseSettings):
     max_queue_depth: int = Field(default=100, gt=0)  # queued jobs before POST /finetune → 429
     max_attempts: int = Field(default=3, gt=0)  # a job whose workers keep dying fails after this
     lease_seconds: float = Field(default=30.0, gt=0)  # a worker renews its claim this often / 3
+    # A worker whose resident memory passes this fails its job (memory_limit_exceeded) and
+    # exits, to be restarted: one job cannot take the host.
+    job_memory_limit_bytes: int = Field(default_factory=_default_job_memory_bytes, gt=0)
+    # Bytes the uploads folder may hold (queued and running jobs' archives, uploads in
+    # flight) before POST /finetune answers 429, like max_queue_depth for jobs.
+    max_held_upload_bytes: int = Field(default=32 * GiB, gt=0)
 
     # API
     api_token: str | None = None  # when set, every route but health and metrics needs it
+    # With api_token set: whether /docs, /redoc and /openapi.json need it too. The schema
+    # holds no secret, so by default it stays readable.
+    docs_require_token: bool = False
     max_upload_bytes: int = Field(default=2 * GiB, gt=0)
     # The model server's gRPC address (host:port); `ftserve serve` starts one when unset.
     model_server: str | None = None

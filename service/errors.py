@@ -27,7 +27,8 @@
     │   ├── ArchiveLimitError (413 archive_limit)
     │   ├── ImageTooLargeError (413 image_too_large)
     │   ├── UploadTooLargeError (413 upload_too_large)
-    │   └── TooManyInstancesError (413 too_many_instances)
+    │   ├── TooManyInstancesError (413 too_many_instances)
+    │   └── MemoryLimitError (413 memory_limit_exceeded)
     ├── UnsupportedMediaTypeError (415 unsupported_media_type)
     ├── UnprocessableError (422 unprocessable)
     │   ├── InvalidConfigError (422 invalid_config)
@@ -223,6 +224,12 @@ class UploadTooLargeError(PayloadTooLargeError):
 
 class TooManyInstancesError(PayloadTooLargeError):
     code = "too_many_instances"
+
+
+class MemoryLimitError(PayloadTooLargeError):
+    """A job needed more memory than ``job_memory_limit_bytes`` allows its worker."""
+
+    code = "memory_limit_exceeded"
 
 
 class IdempotencyKeyReusedError(UnprocessableError):

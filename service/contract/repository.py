@@ -23,7 +23,6 @@ import re
 import secrets
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +45,7 @@ STAGING_PREFIX = ".staging-"
 CONFIG_NAME = "models.config"
 _CONFIG_TMP_PREFIX = ".models.config.tmp-"
 DELETED_PREFIX = ".deleted-"
+_LOCK_SUFFIX = ".lock"
 _NUMBER = re.compile(r"[0-9]+")
 # What rename(2) says when the target version already exists: another publisher won it.
 _TAKEN = {errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR}
@@ -117,15 +117,20 @@ class ModelRepository:
     def staging(self, model: str) -> Iterator[Path]:
         """Yield a fresh ``<repo>/<model>/.staging-<hex>/`` to write a version into.
 
-        Publish it inside the block (or after). If the block raises, it is removed.
+        Publish it inside the block. If the block raises, it is removed. For as long as the
+        block runs, this process holds a lock on ``.staging-<hex>.lock`` beside it: that is
+        how ``clean_stale_staging`` tells a publish in progress from a crash's leftovers.
         """
-        path = self.model_dir(model) / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
-        path.mkdir(parents=True)
-        try:
-            yield path
-        except BaseException:
-            shutil.rmtree(path, ignore_errors=True)
-            raise
+        model_dir = self.model_dir(model)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        path = model_dir / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
+        with _owner_lock(_lock_path(path)):
+            path.mkdir()
+            try:
+                yield path
+            except BaseException:
+                shutil.rmtree(path, ignore_errors=True)
+                raise
 
     def publish(
         self,
@@ -225,23 +230,33 @@ class ModelRepository:
     def _write_state(self, model: str, state: ServingState) -> None:
         _atomic_write(self.state_path(model), state.to_json())
 
-    def clean_stale_staging(self, min_age_seconds: float = 0.0) -> list[Path]:
-        """Remove staging directories and config temp files a crash left; return them.
+    def clean_stale_staging(self) -> list[Path]:
+        """Remove what crashed publishes and deletes left behind; return what went.
 
-        Only those untouched for ``min_age_seconds`` go: a worker starting next to others
-        passes an age no publish takes, so it never removes a publish still in progress.
+        A staging directory goes when no process holds its lock (its publisher is gone),
+        a ``.deleted-*`` directory always (a delete renames a version out of sight, then
+        removes it), and the config and state temp files always (they are only written
+        under the repository lock, which this holds). A publish in progress in another
+        process is never touched, however long it takes. flock(2) is per host: a
+        repository shared by several machines over a network file system needs one
+        whose locks span them (NFSv4 does).
         """
         if not self.root.is_dir():
             return []
-        cutoff = time.time() - min_age_seconds
-        # Deleted versions are renamed out of sight before removal; a crash may leave them.
-        folders = [*self.root.glob(f"*/{STAGING_PREFIX}*"), *self.root.glob(f"*/{DELETED_PREFIX}*")]
-        removed = [p for p in folders if _is_real_dir(p) and _mtime(p) <= cutoff]
-        for path in removed:
-            shutil.rmtree(path, ignore_errors=True)
+        removed: list[Path] = []
+        for staging in self.root.glob(f"*/{STAGING_PREFIX}*"):
+            if _is_real_dir(staging) and _remove_if_abandoned(staging):
+                removed.append(staging)
+        for lock in self.root.glob(f"*/{STAGING_PREFIX}*{_LOCK_SUFFIX}"):
+            if not lock.with_suffix("").exists():
+                _remove_if_abandoned(lock.with_suffix(""))
+        for deleted in self.root.glob(f"*/{DELETED_PREFIX}*"):
+            if _is_real_dir(deleted):
+                shutil.rmtree(deleted, ignore_errors=True)
+                removed.append(deleted)
         with self._config_lock():
             temps = [*self.root.glob(f"{_CONFIG_TMP_PREFIX}*"), *self.root.glob("*/.*.tmp-*")]
-            leftovers = [p for p in temps if p.is_file() and _mtime(p) <= cutoff]
+            leftovers = [p for p in temps if p.is_file()]
             for path in leftovers:
                 path.unlink(missing_ok=True)
         return sorted(removed + leftovers)
@@ -343,15 +358,51 @@ def onnx_file(version_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def _mtime(path: Path) -> float:
-    """The newest modification time of ``path`` or anything directly inside it."""
+def _lock_path(staging: Path) -> Path:
+    return staging.with_name(staging.name + _LOCK_SUFFIX)
+
+
+@contextmanager
+def _owner_lock(path: Path) -> Iterator[None]:
+    """Create and hold an exclusive flock on ``path``; remove it on the way out."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # a cleaner removed the file between our open and our lock: again
     try:
-        times = [path.stat().st_mtime]
-        if path.is_dir():
-            times += [entry.stat().st_mtime for entry in os.scandir(path)]
-        return max(times)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _remove_if_abandoned(staging: Path) -> bool:
+    """Remove ``staging`` and its lock file if no process holds the lock; say whether."""
+    lock = _lock_path(staging)
+    try:
+        fd = os.open(lock, os.O_RDWR)
     except FileNotFoundError:
-        return float("inf")  # gone already: nothing to clean
+        fd = None  # its publisher never took a lock, or finished just now
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # a live publish
+        if fd is None and not staging.exists():
+            return False
+        shutil.rmtree(staging, ignore_errors=True)
+        lock.unlink(missing_ok=True)
+        return True
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _is_real_dir(path: Path) -> bool:

@@ -23,7 +23,8 @@ from typing import Any
 from service.config import Settings, get_settings
 from service.contract.repository import ModelRepository
 from service.contract.train_config import TrainConfig
-from service.errors import FtserveError, TrainingCancelledError
+from service.errors import FtserveError, MemoryLimitError, TrainingCancelledError
+from service.finetune.memory import MemoryWatch
 from service.finetune.run import finetune, published_result
 from service.ingest.retention import discard_upload
 from service.jobs import Job, JobStore, LeaseLostError
@@ -34,8 +35,8 @@ log = logging.getLogger(__name__)
 
 # Progress is written to the store at most this often mid-epoch (epoch ends always are).
 PROGRESS_INTERVAL_SECONDS = 1.0
-# Staging folders older than this were left by a crash; younger ones may be a live publish.
-STALE_STAGING_SECONDS = 3600.0
+# The status a worker exits with after failing a job for passing its memory limit.
+EXIT_MEMORY_LIMIT = 3
 
 
 def default_worker_id() -> str:
@@ -98,8 +99,10 @@ class Worker:
         control = _JobControl(shutdown=self.stop)
         beat = threading.Thread(target=self._heartbeat, args=(job, control), daemon=True)
         beat.start()
+        limit = self.settings.job_memory_limit_bytes
         try:
-            self._finish(job, control)
+            with MemoryWatch(limit, lambda rss: self._out_of_memory(job, rss, limit)):
+                self._finish(job, control)
         except LeaseLostError:
             log.warning("job %s: lease lost; another worker owns it now", job.id)
         finally:
@@ -172,6 +175,24 @@ class Worker:
         )
         return done.job_result()
 
+    def _out_of_memory(self, job: Job, rss: int, limit: int) -> None:
+        """Past the memory limit: fail the job, free its folders, and exit at once."""
+        error = MemoryLimitError(
+            f"the job needed more than {_mib(limit)} MiB of memory (the worker reached"
+            f" {_mib(rss)} MiB; the limit is FTSERVE_JOB_MEMORY_LIMIT_BYTES): use fewer or"
+            " smaller images, a smaller image_size or batch_size, or a lighter base_model"
+        )
+        log.error("job %s: %s; the worker exits", job.id, error.message)
+        try:
+            self.store.fail(job.id, self.worker_id, error.code, error.message)
+        except Exception:  # the lease may be gone; exiting matters more than reporting
+            log.exception("job %s: could not record the failure", job.id)
+        _remove(self.settings.work_dir / job.id)
+        self._remove_upload(job)
+        logging.shutdown()
+        # Not sys.exit: other threads (the training loop) hold the memory and keep going.
+        os._exit(EXIT_MEMORY_LIMIT)
+
     def _remove_upload(self, job: Job) -> None:
         discard_upload(job.dataset, self.settings.uploads_dir())
 
@@ -187,7 +208,7 @@ class Worker:
                 log.exception("job %s: heartbeat failed", job.id)
 
     def _clean_repository(self) -> None:
-        removed = self.repository.clean_stale_staging(STALE_STAGING_SECONDS)
+        removed = self.repository.clean_stale_staging()
         for path in removed:
             log.info("removed a crashed publish's leftovers: %s", path)
 
@@ -216,6 +237,10 @@ class _ProgressReporter:
         if progress.epoch_end:
             epoch = {"phase": progress.phase, "epoch": progress.epoch, **progress.metrics}
         self.store.update_progress(self.job_id, self.worker_id, state, epoch)
+
+
+def _mib(size: int) -> int:
+    return size // 2**20
 
 
 def _remove(work_dir: Path) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.contract.history import record_epoch
 from service.errors import JobFinishedError, QueueFullError
 from service.jobs import queries
 from service.jobs.engine import create_store_engines, is_sqlite
@@ -273,7 +274,11 @@ class JobStore:
         progress: dict[str, Any],
         epoch_metrics: dict[str, Any] | None = None,
     ) -> None:
-        """Replace the progress, append a finished epoch's metrics, and renew the lease.
+        """Replace the progress, record a finished epoch's metrics, and renew the lease.
+
+        An epoch is known by its ``phase`` and ``epoch``: one that an earlier attempt had
+        already reported (it was redone after a crash) replaces that entry, so the history
+        never lists an epoch twice.
 
         Raises:
             LeaseLostError: the job is no longer running under ``worker_id``.
@@ -283,7 +288,7 @@ class JobStore:
             row.progress = progress
             if epoch_metrics is not None:
                 # A new list, so the JSON column sees the change.
-                row.history = [*row.history, epoch_metrics]
+                row.history = record_epoch(row.history, epoch_metrics)
             row.renew(_now(), self.lease_seconds)
 
     def begin_publish(self, job_id: str, worker_id: str) -> bool:

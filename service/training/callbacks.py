@@ -8,6 +8,7 @@ phase.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from service.contract.history import record_epoch
 from service.errors import TrainingCancelledError
 
 
@@ -95,15 +97,35 @@ class CancelCallback(keras.callbacks.Callback):
 
 
 class HistoryCallback(keras.callbacks.Callback):
-    """Appends each epoch's scalar metrics, tagged with the phase, to ``history``."""
+    """Records each epoch's scalar metrics, tagged with the phase, in ``history``.
 
-    def __init__(self, history: list[dict[str, object]], phase: str) -> None:
+    With ``path``, the history is also written there after every epoch, so a run resumed
+    after a crash starts from what the earlier attempt had (see ``load_history``). An epoch
+    done again replaces its entry rather than listing it twice.
+    """
+
+    def __init__(
+        self, history: list[dict[str, object]], phase: str, path: Path | None = None
+    ) -> None:
         super().__init__()
-        self.history, self.phase = history, phase
+        self.history, self.phase, self.path = history, phase, path
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         metrics = {k: round(float(v), 6) for k, v in (logs or {}).items() if np.ndim(v) == 0}
-        self.history.append({"phase": self.phase, "epoch": epoch + 1, **metrics})
+        entry = {"phase": self.phase, "epoch": epoch + 1, **metrics}
+        self.history[:] = record_epoch(self.history, entry)
+        if self.path is not None:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self.history))
+            os.replace(tmp, self.path)
+
+
+def load_history(path: Path) -> list[dict[str, object]]:
+    """The history a ``HistoryCallback`` wrote to ``path``; empty when there is none."""
+    try:
+        return list(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return []
 
 
 class KeepBest(keras.callbacks.Callback):

@@ -32,6 +32,7 @@ from service.training.callbacks import (
     Progress,
     ProgressCallback,
     ProgressFn,
+    load_history,
 )
 from service.training.dataset import DatasetIndex, open_dataset, stratified_split
 from service.training.evaluation import evaluate
@@ -47,6 +48,7 @@ from service.training.runtime import Runtime, dtype_policy, resolve_runtime
 PHASE1_WEIGHTS = "phase1-weights.npz"
 PHASE1_STATE = "phase1.json"
 PHASE2_BEST = "phase2-best.npz"
+HISTORY = "history.json"
 
 
 @dataclass
@@ -120,7 +122,8 @@ class _Run:
             rt,
         )
         self.timings: dict[str, float] = {}
-        self.history: list[dict[str, object]] = []
+        # A resumed run continues the history of the attempts before it.
+        self.history: list[dict[str, object]] = load_history(work_dir / HISTORY)
 
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -128,12 +131,12 @@ class _Run:
         yield
         self.timings[name] = round(time.perf_counter() - started, 3)
 
-    def callbacks(
-        self, phase: str, epochs: int, steps: int, *, backup: bool = True
-    ) -> list[keras.callbacks.Callback]:
-        found: list[keras.callbacks.Callback] = [HistoryCallback(self.history, phase)]
-        if backup:
-            found.append(keras.callbacks.BackupAndRestore(str(self.work_dir / "backup" / phase)))
+    def callbacks(self, phase: str, epochs: int, steps: int) -> list[keras.callbacks.Callback]:
+        # Each epoch is checkpointed: a run resumed after a crash goes on from the last one.
+        found: list[keras.callbacks.Callback] = [
+            HistoryCallback(self.history, phase, self.work_dir / HISTORY),
+            keras.callbacks.BackupAndRestore(str(self.work_dir / "backup" / phase)),
+        ]
         if self.hooks.progress:
             found.append(ProgressCallback(self.hooks.progress, phase, epochs, steps))
         if self.hooks.should_cancel:
@@ -307,9 +310,7 @@ def _phase1(run: _Run, clf: Classifier, data: _Data, fast: bool) -> float:
     stop = keras.callbacks.EarlyStopping(
         patience=config.early_stopping_patience, restore_best_weights=True
     )
-    # A head on cached features retrains in seconds: checkpointing each of its short
-    # epochs would cost more than redoing them after a crash.
-    callbacks = [*run.callbacks("head", config.epochs, data.steps, backup=not fast), stop]
+    callbacks = [*run.callbacks("head", config.epochs, data.steps), stop]
     model.fit(
         train_ds,
         validation_data=val_ds,

@@ -100,7 +100,10 @@ def test_verify_runs_on_the_staging_dir_before_it_becomes_a_version(repo: ModelR
         write_fake_model(staging, "v1")
         assert repo.publish("flowers", staging, verify=verify) == 1
 
-    assert seen == [(staging, ["marker.txt", "saved_model.pb", "variables"], [staging.name])]
+    # Beside it, only its publisher's lock: no version number yet.
+    beside = [staging.name, f"{staging.name}.lock"]
+    assert seen == [(staging, ["marker.txt", "saved_model.pb", "variables"], beside)]
+    assert entries(staging.parent) == ["1", "serving.json"]
 
 
 def test_failing_verify_removes_staging_and_creates_no_version(repo: ModelRepository):
@@ -435,16 +438,38 @@ def test_models_config_rewrite_replaces_the_file_and_leaves_no_temp_files(repo: 
     assert entries(repo.root) == [".lock", "daisies", "models.config"]
 
 
-def test_clean_stale_staging_spares_a_publish_younger_than_the_age(tmp_path: Path):
+def test_clean_stale_staging_spares_a_publish_in_progress_however_old(tmp_path: Path):
     repo = ModelRepository(tmp_path / "repo")
-    old = repo.root / "flowers" / ".staging-00000000"
-    fresh = repo.root / "flowers" / ".staging-11111111"
-    for path in (old, fresh):
-        path.mkdir(parents=True)
-        write_fake_model(path, path.name)
-    an_hour_ago = time.time() - 3600
-    for path in (old, *old.iterdir()):
-        os.utime(path, (an_hour_ago, an_hour_ago))
+    with repo.staging("flowers") as live:
+        write_fake_model(live, "in progress")
+        a_day_ago = time.time() - 86400
+        os.utime(live, (a_day_ago, a_day_ago))
 
-    assert repo.clean_stale_staging(min_age_seconds=600) == [old]
-    assert entries(repo.root / "flowers") == [fresh.name]
+        assert ModelRepository(tmp_path / "repo").clean_stale_staging() == []
+        assert live.is_dir()
+        assert publish_marker(repo, "flowers", "other") == 1  # others publish meanwhile
+        assert live.is_dir()
+
+
+def _publish_then_hang(root: str, ready: Any) -> None:
+    with ModelRepository(Path(root)).staging("flowers") as staging:
+        write_fake_model(staging, "killed mid-publish")
+        ready.set()
+        time.sleep(600)
+
+
+def test_a_killed_publisher_s_staging_is_removed_at_once(tmp_path: Path):
+    ready = multiprocessing.get_context("spawn").Event()
+    publisher = multiprocessing.get_context("spawn").Process(
+        target=_publish_then_hang, args=(str(tmp_path / "repo"), ready)
+    )
+    publisher.start()
+    assert ready.wait(60)
+    (staging,) = (tmp_path / "repo" / "flowers").glob(".staging-*[!k]")
+    repo = ModelRepository(tmp_path / "repo")
+    assert repo.clean_stale_staging() == []  # alive: spared
+    publisher.kill()
+    publisher.join()
+
+    assert repo.clean_stale_staging() == [staging]
+    assert entries(repo.root / "flowers") == []

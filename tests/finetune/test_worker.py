@@ -16,7 +16,7 @@ import pytest
 
 from service.config import Settings
 from service.contract.repository import ModelRepository
-from service.finetune.worker import Worker
+from service.finetune.worker import EXIT_MEMORY_LIMIT, Worker
 from service.jobs import JobState, JobStore
 from service.training.sample_data import make_shapes_dataset
 
@@ -164,8 +164,8 @@ def test_a_retried_job_that_already_published_does_not_publish_again(store, sett
     assert ModelRepository(settings.model_repo).versions("shapes") == [1]
 
 
-def worker_process(settings: Settings, worker_id: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    return {
         **os.environ,
         "FTSERVE_DATA_ROOT": str(settings.data_root),
         "FTSERVE_WORK_DIR": str(settings.work_dir),
@@ -174,41 +174,72 @@ def worker_process(settings: Settings, worker_id: str, log: Path) -> subprocess.
         "FTSERVE_DATABASE_URL": str(settings.database_url),
         "FTSERVE_LEASE_SECONDS": "2",
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        **extra,
     }
+
+
+def worker_process(
+    settings: Settings, worker_id: str, log: Path, **env: str
+) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "service.cli", "worker", f"--worker-id={worker_id}"]
     with open(log, "wb") as out:
-        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            command, env=worker_env(settings, **env), stdout=out, stderr=subprocess.STDOUT
+        )
 
 
-@pytest.mark.parametrize("source", ["folder", "upload"])
-def test_a_killed_worker_s_job_is_resumed_by_another_and_published_once(
-    store, settings, dataset, tmp_path, source: str
+def wait_until(condition, worker: subprocess.Popen[bytes], log: Path, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert worker.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+
+
+# Where the first worker is stopped: (phase, epoch reached, signal, dataset source).
+# Phase 1 ("head") trains on cached features, many short epochs; phase 2 ("fine_tune")
+# trains the whole model.
+INTERRUPTIONS = [
+    pytest.param("fine_tune", 4, signal.SIGKILL, "folder", id="kill-fine_tune-folder"),
+    pytest.param("fine_tune", 4, signal.SIGKILL, "upload", id="kill-fine_tune-upload"),
+    pytest.param("head", 15, signal.SIGKILL, "upload", id="kill-head-upload"),
+    pytest.param("head", 15, signal.SIGTERM, "upload", id="sigterm-head-upload"),
+]
+
+
+@pytest.mark.parametrize(("phase", "reached", "signum", "source"), INTERRUPTIONS)
+def test_an_interrupted_job_is_resumed_by_another_worker_and_published_once(
+    store, settings, dataset, tmp_path, phase: str, reached: int, signum: int, source: str
 ):
     if source == "upload":  # an archive the API kept in the uploads folder
         dataset = upload(settings, dataset, "job")
-    job = store.enqueue("shapes", {**CONFIG, "fine_tune_epochs": 12}, str(dataset))
-    first = worker_process(settings, "first", tmp_path / "first.log")
+    config = {**CONFIG, "fine_tune_epochs": 12}
+    if phase == "head":
+        config.update(epochs=60, early_stopping_patience=1000)
+    job = store.enqueue("shapes", config, str(dataset))
+    first_log = tmp_path / "first.log"
+    first = worker_process(settings, "first", first_log)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            progress = store.get(job.id).progress or {}
-            if progress.get("phase") == "fine_tune" and progress.get("epoch", 0) >= 4:
-                break
-            assert first.poll() is None, (tmp_path / "first.log").read_text()
-            assert time.monotonic() < deadline, "the first worker never got to fine-tuning"
-            time.sleep(0.05)
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-        killed_at = store.get(job.id)
-        assert killed_at.state == JobState.RUNNING and killed_at.worker_id == "first"
 
-        second = worker_process(settings, "second", tmp_path / "second.log")
+        def reached_the_phase() -> bool:
+            progress = store.get(job.id).progress or {}
+            return progress.get("phase") == phase and progress.get("epoch", 0) >= reached
+
+        wait_until(reached_the_phase, first, first_log, 180)
+        first.send_signal(signum)
+        first.wait(timeout=60)
+        interrupted = store.get(job.id)
+        if signum == signal.SIGKILL:  # the lease lapses, then a claim re-queues the job
+            assert interrupted.state == JobState.RUNNING and interrupted.worker_id == "first"
+        else:  # handed back at once, the attempt returned
+            assert (first.returncode, interrupted.state) == (0, JobState.QUEUED)
+            assert interrupted.attempts == 0
+
+        second_log = tmp_path / "second.log"
+        second = worker_process(settings, "second", second_log)
         try:
-            deadline = time.monotonic() + 240
-            while store.get(job.id).state not in (JobState.SUCCEEDED, JobState.FAILED):
-                assert second.poll() is None, (tmp_path / "second.log").read_text()
-                assert time.monotonic() < deadline, (tmp_path / "second.log").read_text()
-                time.sleep(0.2)
+            finished = (JobState.SUCCEEDED, JobState.FAILED)
+            wait_until(lambda: store.get(job.id).state in finished, second, second_log, 240)
         finally:
             second.send_signal(signal.SIGTERM)
             assert second.wait(timeout=60) == 0
@@ -218,16 +249,43 @@ def test_a_killed_worker_s_job_is_resumed_by_another_and_published_once(
 
     done = store.get(job.id)
     assert done.state == JobState.SUCCEEDED, done.error
-    assert done.attempts == 2 and done.worker_id == "second"
-    fine_tune = [e["epoch"] for e in done.history if e["phase"] == "fine_tune"]
-    # Resumed from the checkpoint: no fine-tuning epoch was started over from 1.
-    assert fine_tune.count(1) == 1
-    assert fine_tune[-1] == 12
+    assert done.worker_id == "second"
+    assert done.attempts == (2 if signum == signal.SIGKILL else 1)
+    # Every epoch once, in order, in the job and in the model card: the resumed phase went
+    # on from its checkpoint, and epochs redone since it are not listed twice.
+    expected = [("head", e) for e in range(1, config["epochs"] + 1)] + [
+        ("fine_tune", e) for e in range(1, 13)
+    ]
+    assert [(e["phase"], e["epoch"]) for e in done.history] == expected
+    card = ModelRepository(settings.model_repo).model_card("shapes", 1)
+    assert card is not None
+    assert [(e["phase"], e["epoch"]) for e in card["training"]["history"]] == expected
     assert ModelRepository(settings.model_repo).versions("shapes") == [1]
     # Nothing is left behind: the job folder (extraction, caches) and the upload are gone.
     assert not (settings.work_dir / job.id).exists()
     if source == "upload":
         assert not dataset.exists()
+        assert list(settings.uploads_dir().iterdir()) == []
+
+
+def test_a_job_past_the_memory_limit_fails_and_its_worker_exits(store, settings, dataset, tmp_path):
+    archive = upload(settings, dataset, "hungry")
+    job = store.enqueue("shapes", CONFIG, str(archive))
+    log = tmp_path / "worker.log"
+    # TensorFlow alone takes more than this: the first sample in the job is over it.
+    limit = 64 * 2**20
+    worker = worker_process(settings, "bounded", log, FTSERVE_JOB_MEMORY_LIMIT_BYTES=str(limit))
+    assert worker.wait(timeout=120) == EXIT_MEMORY_LIMIT, log.read_text()
+
+    failed = store.get(job.id)
+    assert failed.state == JobState.FAILED
+    assert failed.error["code"] == "memory_limit_exceeded"
+    assert failed.error["message"].startswith("the job needed more than 64 MiB of memory")
+    assert "the limit is FTSERVE_JOB_MEMORY_LIMIT_BYTES" in failed.error["message"]
+    assert f"job {job.id}: the job needed more than 64 MiB" in log.read_text()
+    assert not (settings.work_dir / job.id).exists()
+    assert list(settings.uploads_dir().iterdir()) == []
+    assert ModelRepository(settings.model_repo).versions("shapes") == []
 
 
 def test_sigterm_hands_the_running_job_back_to_the_queue(store, settings, dataset, tmp_path):
