@@ -1,7 +1,9 @@
 """The FastAPI application: ``create_app(settings)``.
 
 The lifespan opens the two long-lived clients every request shares, the job store and the
-model server's gRPC channel, and closes them on shutdown. Nothing here imports TensorFlow.
+model server's gRPC channel, and closes them on shutdown. Meanwhile it sweeps the uploads
+folder of partial uploads whose writer is gone, at start-up and every few seconds. Nothing
+here imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import anyio
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
@@ -20,9 +24,9 @@ from service import __version__
 from service.api.deps import require_token
 from service.api.handlers import install_error_handlers
 from service.api.metrics import ApiMetrics, MetricsMiddleware
-from service.api.routes import finetune, health, models, predict
+from service.api.routes import docs, finetune, health, models, predict
 from service.api.schemas import ErrorResponse, FinetuneFromFolder, PredictRequest
-from service.api.uploads import remove_stale_partials
+from service.api.upload_folder import SWEEP_SECONDS, sweep_partials
 from service.config import Settings, get_settings
 from service.contract.repository import ModelRepository
 from service.contract.train_config import TrainConfig
@@ -34,7 +38,6 @@ log = logging.getLogger(__name__)
 # Bodies the routes read themselves (streamed), described through openapi_extra, and the
 # error body (which FastAPI's automatic 422s do not use).
 _EXTRA_SCHEMAS = (TrainConfig, FinetuneFromFolder, PredictRequest, ErrorResponse)
-_STALE_UPLOAD_SECONDS = 24 * 3600.0
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -46,12 +49,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Fine-tune a pretrained Keras model on your images; serve it over gRPC.",
         lifespan=_lifespan,
+        # Served by routes/docs.py instead, which can ask for the token.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(health.router)
+    app.include_router(docs.router)
     for router in (finetune.router, predict.router, models.router):
         app.include_router(router, dependencies=[Depends(require_token)])
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -64,9 +72,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with AsyncExitStack() as stack:
         uploads = settings.uploads_dir()
         uploads.mkdir(parents=True, exist_ok=True)
-        removed = remove_stale_partials(uploads, _STALE_UPLOAD_SECONDS)
-        if removed:
-            log.info("removed %d partial uploads left by a crash", removed)
+        await _sweep(uploads)
         store = JobStore.from_settings(settings)
         stack.callback(store.close)
         await run_in_threadpool(store.create_schema)
@@ -75,7 +81,27 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.job_store = store
         app.state.predict_client = client
         app.state.repository = ModelRepository(settings.model_repo)
+        background = await stack.enter_async_context(anyio.create_task_group())
+        background.start_soon(_sweep_every, uploads, SWEEP_SECONDS)
+        stack.callback(background.cancel_scope.cancel)  # first thing at shutdown
         yield
+
+
+async def _sweep_every(uploads: Path, seconds: float) -> None:
+    while True:
+        await anyio.sleep(seconds)
+        await _sweep(uploads)
+
+
+async def _sweep(uploads: Path) -> None:
+    """Remove partial uploads whose writer is gone; a failure is logged, never raised."""
+    try:
+        removed = await run_in_threadpool(sweep_partials, uploads)
+    except OSError:
+        log.exception("could not sweep %s for abandoned uploads", uploads)
+        return
+    if removed:
+        log.info("removed %d partial uploads whose request or process died", removed)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -89,3 +89,12 @@ async def require_token(
     sent = credentials.credentials.encode("latin-1")
     if not hmac.compare_digest(sent, expected.encode()):
         raise UnauthorizedError("The API token is not valid")
+
+
+async def require_docs_token(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """``require_token`` for the API's documentation, if ``docs_require_token`` asks for it."""
+    if settings.docs_require_token:
+        await require_token(settings, credentials)

@@ -10,16 +10,20 @@ partial file, no upload without a job, no key left "accepting".
 Idempotency-Key: the first request with a key owns it until its job is queued (then the
 key remembers the response) or it fails (then the key is forgotten). A retry with the same
 body gets the same response; another body is ``idempotency_key_reused``; a retry while the
-first is still being accepted is ``idempotency_in_flight``.
+first is still being accepted is ``idempotency_in_flight``. The owner renews its hold on the
+key every few seconds while it reads, vets and queues; a key left unrenewed (its API process
+died mid-upload) is taken over by the next request with it seconds later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,12 +34,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from service.api.schemas import FinetuneAccepted
+from service.api.upload_folder import FileSink, HeldUploads
 from service.api.uploads import (
     FieldSink,
-    FileSink,
     PartInfo,
     PartSink,
     check_declared_length,
+    declared_length,
     read_json,
     read_multipart,
     require_media_type,
@@ -64,9 +69,12 @@ DATASET_FIELD = "dataset"
 CONFIG_FIELD = "config"
 CONFIG_MAX_BYTES = 256 * 1024  # the config form field, or a whole JSON body
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries and part headers
-# An "accepting" key older than this belongs to a request that died (e.g. the API restarted
-# mid-upload); a retry may take it over. Longer than any upload should take.
-IDEMPOTENCY_STALE_SECONDS = 3600.0
+# The request that owns an "accepting" key renews it this often; a key not renewed for the
+# lease belongs to a request that died (e.g. its API process was killed mid-upload), and the
+# next request with it takes it over. The lease spans several renewals, so that a slow
+# database round or two does not hand a live request's key to a retry.
+IDEMPOTENCY_RENEW_SECONDS = 2.0
+IDEMPOTENCY_LEASE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,14 @@ class Accepted:
     @property
     def location(self) -> str:
         return f"/finetune/{self.body['job_id']}"
+
+
+@dataclass(frozen=True)
+class KeyClaim:
+    """An Idempotency-Key this request owns, under its own owner token."""
+
+    key: str
+    owner: str
 
 
 @dataclass
@@ -107,15 +123,42 @@ async def accept_finetune(
     """Queue the job ``request`` describes, or repeat the answer given to ``key`` before."""
     if key is None:
         return await _accept(request, settings, store, None)
-    begin = partial(store.begin_idempotent, key, stale_after=IDEMPOTENCY_STALE_SECONDS)
+    claim = KeyClaim(key, owner=uuid.uuid4().hex)
+    begin = partial(store.begin_idempotent, key, claim.owner, stale_after=IDEMPOTENCY_LEASE_SECONDS)
     prior = await run_in_threadpool(begin)
     if prior is not None:
         return await _replay(request, settings, prior)
     try:
-        return await _accept(request, settings, store, key)
+        async with _renewing(store, claim):
+            return await _accept(request, settings, store, claim)
     except BaseException:
-        await _best_effort(store.abandon_idempotent, key)
+        await _best_effort(partial(store.abandon_idempotent, key, claim.owner))
         raise
+
+
+@asynccontextmanager
+async def _renewing(store: JobStore, claim: KeyClaim) -> AsyncIterator[None]:
+    """Renew ``claim`` in the background for as long as the block runs."""
+    renewer = asyncio.create_task(_renew(store, claim))
+    try:
+        yield
+    finally:
+        # Not awaited: a renewal already in its thread may still land, and is harmless, as
+        # it only touches a key still "accepting" under this owner.
+        renewer.cancel()
+
+
+async def _renew(store: JobStore, claim: KeyClaim) -> None:
+    while True:
+        await anyio.sleep(IDEMPOTENCY_RENEW_SECONDS)
+        try:
+            held = await run_in_threadpool(store.renew_idempotent, claim.key, claim.owner)
+        except Exception:  # e.g. the database away for a moment: try again next time
+            log.warning("could not renew Idempotency-Key %r", claim.key, exc_info=True)
+            continue
+        if not held:
+            log.warning("Idempotency-Key %r was taken over by another request", claim.key)
+            return
 
 
 async def _replay(request: Request, settings: Settings, prior: IdempotencyRecord) -> Accepted:
@@ -133,7 +176,7 @@ async def _replay(request: Request, settings: Settings, prior: IdempotencyRecord
 
 
 async def _accept(
-    request: Request, settings: Settings, store: JobStore, key: str | None
+    request: Request, settings: Settings, store: JobStore, claim: KeyClaim | None
 ) -> Accepted:
     # Refuse before reading what may be gigabytes; enqueue checks again, atomically.
     if await run_in_threadpool(store.queue_depth) >= settings.max_queue_depth:
@@ -157,24 +200,34 @@ async def _accept(
         body = FinetuneAccepted(
             job_id=job.id, model_name=job.model_name, created_at=job.created_at
         ).model_dump(mode="json")
-        if key is not None:
-            complete = partial(store.complete_idempotent, key, submission.request_hash())
-            await run_in_threadpool(complete, job.id, body)
+        if claim is not None:
+            await _complete(store, claim, submission.request_hash(), job.id, body)
     except BaseException:
         submission.discard()
         if job is not None:  # only when recording the key failed: take the job back
-            await _best_effort(store.cancel, job.id)
+            await _best_effort(partial(store.cancel, job.id))
         raise
     return Accepted(body)
 
 
-async def _best_effort(undo: Callable[[str], object], argument: str) -> None:
+async def _complete(
+    store: JobStore, claim: KeyClaim, request_hash: str, job_id: str, body: dict[str, Any]
+) -> None:
+    complete = partial(store.complete_idempotent, claim.key, claim.owner, request_hash)
+    if not await run_in_threadpool(complete, job_id, body):
+        raise IdempotencyInFlightError(
+            f"Idempotency-Key {claim.key!r} was taken over by another request while this one"
+            " was being accepted; retry later"
+        )
+
+
+async def _best_effort(undo: Callable[[], object]) -> None:
     """Undo a step while an error propagates: even if cancelled, and never masking it."""
     with anyio.CancelScope(shield=True):
         try:
-            await run_in_threadpool(undo, argument)
+            await run_in_threadpool(undo)
         except Exception:
-            log.exception("could not undo %s(%r)", getattr(undo, "__name__", undo), argument)
+            log.exception("could not undo: %r", undo)
 
 
 async def read_submission(request: Request, settings: Settings, job_id: str) -> Submission:
@@ -188,12 +241,15 @@ async def read_submission(request: Request, settings: Settings, job_id: str) -> 
     # The archive may come with the config and multipart framing: allow for both.
     body_limit = settings.max_upload_bytes + CONFIG_MAX_BYTES + MULTIPART_OVERHEAD_BYTES
     check_declared_length(request, body_limit, UploadTooLargeError)
+    held = HeldUploads(settings.uploads_dir(), settings.max_held_upload_bytes)
+    await run_in_threadpool(held.admit, declared_length(request))
     upload = FileSink(
         DATASET_FIELD,
         settings.uploads_dir(),
         f"{job_id}.upload",
         settings.max_upload_bytes,
         UploadTooLargeError,
+        held,
     )
     try:
         config = await _read_multipart(request, upload)

@@ -7,15 +7,10 @@ too-large upload stops at the limit, chunked transfer encoding included.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import secrets
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -27,8 +22,6 @@ from service.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
-
-PARTIAL_SUFFIX = ".partial"
 
 
 def media_type(request: Request) -> str:
@@ -47,13 +40,19 @@ def require_media_type(request: Request, *accepted: str) -> str:
     return found
 
 
+def declared_length(request: Request) -> int | None:
+    """The body's size as its Content-Length says, or None (chunked, or no valid header)."""
+    declared = request.headers.get("content-length", "")
+    return int(declared) if declared.isdigit() else None
+
+
 def check_declared_length(request: Request, limit: int, too_large: type[FtserveError]) -> None:
     """Refuse at once a body whose Content-Length already says it is over ``limit``.
 
     Bodies without one (chunked) are counted as they arrive instead.
     """
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
         raise too_large(f"The request body is larger than {limit} bytes")
 
 
@@ -129,73 +128,6 @@ class FieldSink:
             return self.data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise BadRequestError(f"Form field {self.name!r} is not UTF-8 text") from exc
-
-
-class FileSink:
-    """The file of form field ``field_name``, streamed to ``<folder>/<name>.<random>.partial``.
-
-    Counted (``too_large`` past ``limit`` bytes) and hashed as it arrives. ``commit()`` renames
-    it to ``<folder>/<name>``; ``discard()`` removes whichever of the two exists.
-    """
-
-    def __init__(
-        self,
-        field_name: str,
-        folder: Path,
-        name: str,
-        limit: int,
-        too_large: type[FtserveError],
-    ) -> None:
-        self.field_name = field_name
-        self.final_path = folder / name
-        self.path = folder / f"{name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}"
-        self.limit = limit
-        self.too_large = too_large
-        self.size = 0
-        self.sha256 = hashlib.sha256()
-        self.opened = False
-        self.committed = False
-        self._file: IO[bytes] | None = None
-
-    def open(self) -> FileSink:
-        """Start receiving the file; a second file in the same field is an error."""
-        if self.opened:
-            raise BadRequestError(f"Send one file as {self.field_name!r}, not several")
-        self.opened = True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("xb")
-        return self
-
-    def write(self, data: bytes) -> None:
-        assert self._file is not None
-        self.size += len(data)
-        if self.size > self.limit:
-            raise self.too_large(f"The upload is larger than {self.limit} bytes")
-        self.sha256.update(data)
-        self._file.write(data)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
-
-    def commit(self) -> Path:
-        """Give the file its final name and return it."""
-        self.close()
-        os.replace(self.path, self.final_path)
-        self.committed = True
-        return self.final_path
-
-    def discard(self) -> None:
-        """Remove the partial or committed file."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self.path.unlink(missing_ok=True)
-        if self.committed:
-            self.final_path.unlink(missing_ok=True)
 
 
 async def read_multipart(request: Request, open_part: OpenPart) -> None:
@@ -279,21 +211,3 @@ class _MultipartReader:
 
     def _on_end(self) -> None:
         self.ended = True
-
-
-def remove_stale_partials(folder: Path, min_age_seconds: float) -> int:
-    """Remove ``*.partial`` uploads untouched for ``min_age_seconds`` (a crash left them).
-
-    Younger ones may be uploads in progress in another API process sharing the folder.
-    Returns how many were removed.
-    """
-    cutoff = time.time() - min_age_seconds
-    removed = 0
-    for path in folder.glob(f"*{PARTIAL_SUFFIX}"):
-        try:
-            if path.stat().st_mtime <= cutoff:
-                path.unlink()
-                removed += 1
-        except FileNotFoundError:  # another process removed it first
-            continue
-    return removed

@@ -9,6 +9,7 @@ Standard library and Pillow only, so that the API process can import it without 
 from __future__ import annotations
 
 import errno
+import hashlib
 import lzma
 import re
 import shutil
@@ -366,7 +367,7 @@ def _extract_zip(archive: Path, root: Path, budget: _Budget) -> None:
     with _checked_zip(archive, budget) as (zf, infos):
         for info in infos:
             target = _check_zip_member(info, root, budget)
-            if info.is_dir() or info.filename.endswith("\\"):
+            if _zip_is_dir(info):
                 _make_dir(target, info.filename)
                 continue
             with _reading(archive):
@@ -375,10 +376,14 @@ def _extract_zip(archive: Path, root: Path, budget: _Budget) -> None:
                 _stream_member(source, target, info.filename, budget, archive, info.compress_size)
 
 
+def _zip_is_dir(info: zipfile.ZipInfo) -> bool:
+    return info.is_dir() or info.filename.endswith("\\")
+
+
 def _check_zip_member(info: zipfile.ZipInfo, root: Path, budget: _Budget) -> Path:
     """Judge one zip member by its header alone; return where it would be written."""
     name = info.filename
-    is_dir = info.is_dir() or name.endswith("\\")
+    is_dir = _zip_is_dir(info)
     budget.add_member()
     target = _safe_target(root, name, is_dir)
     problem = _zip_mode_problem(info)
@@ -441,6 +446,43 @@ def _check_tar_member(member: tarfile.TarInfo, root: Path, budget: _Budget) -> P
 _NOWHERE = Path("/nonexistent")
 
 
+class _MemberPaths:
+    """The paths members would take, to refuse what extraction's ``_creating`` refuses.
+
+    That is a second member at a path already taken (directories aside: extraction merges a
+    directory listed twice), a file where a directory was, and a member under a file. Each
+    path, and each directory a path implies, is kept as a 16-byte digest of its normalised
+    parts, so that memory does not grow with the length of names. Paths are bounded too:
+    members and the directories they imply together at most twice ``archive_max_members``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._is_dir: dict[bytes, bool] = {}
+        self._limit = 2 * settings.archive_max_members
+
+    def add(self, name: str, target: Path, is_dir: bool) -> None:
+        parts = target.relative_to(_NOWHERE).parts
+        prefix = hashlib.blake2b(digest_size=16)
+        for depth, part in enumerate(parts, start=1):
+            # No part holds a "/", so the digest of "a/b/" is that of the path a/b alone.
+            prefix.update(part.encode("utf-8", "surrogatepass") + b"/")
+            key = prefix.digest()
+            known = self._is_dir.get(key)
+            wanted_dir = is_dir or depth < len(parts)
+            if known is None:
+                self._remember(key, wanted_dir)
+            elif not (known and wanted_dir):
+                raise _unsafe(name, "duplicates or conflicts with an earlier member")
+
+    def _remember(self, key: bytes, is_dir: bool) -> None:
+        if len(self._is_dir) >= self._limit:
+            raise ArchiveLimitError(
+                f"archive members make more than {self._limit} files and folders"
+                " (twice archive_max_members)"
+            )
+        self._is_dir[key] = is_dir
+
+
 def scan_archive(archive: Path, settings: Settings) -> None:
     """Judge every member header of ``archive`` by the rules extraction applies.
 
@@ -450,22 +492,27 @@ def scan_archive(archive: Path, settings: Settings) -> None:
     Raises:
         InvalidArchiveError: not a zip or tar (plain, gz, bz2, xz), unreadable, or an
             encrypted zip member.
-        UnsafeArchiveMemberError: a path trick, a link or a special file.
+        UnsafeArchiveMemberError: a path trick, a link or a special file; a member that
+            duplicates or conflicts with an earlier one (a file where a file or directory
+            was, or a member under a file).
         ArchiveLimitError: too many members, or declared sizes past the limits.
     """
     kind = _detect(archive)
     if kind is None:
         raise InvalidArchiveError("The dataset is not a zip or tar (plain, gz, bz2, xz) archive")
     budget = _Budget(settings, max(archive.stat().st_size, 1))
+    paths = _MemberPaths(settings)
     if kind == "zip":
         with _checked_zip(archive, budget) as (_, infos):
             for info in infos:
-                _check_zip_member(info, _NOWHERE, budget)
+                target = _check_zip_member(info, _NOWHERE, budget)
+                paths.add(info.filename, target, _zip_is_dir(info))
         return
     with _reading(archive):
         tar = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed by the with below
     with tar:
         for member in _tar_members(tar, archive):
-            _check_tar_member(member, _NOWHERE, budget)
+            target = _check_tar_member(member, _NOWHERE, budget)
+            paths.add(member.name, target, member.isdir())
             if member.isreg():
                 budget.charge(member.size)

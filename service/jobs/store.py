@@ -356,33 +356,44 @@ class JobStore:
     # -- Idempotency-Keys -------------------------------------------------------------------
 
     def begin_idempotent(
-        self, key: str, *, stale_after: float | None = None
+        self, key: str, owner: str, *, stale_after: float | None = None
     ) -> IdempotencyRecord | None:
         """Start accepting the first request with ``key``, or say what became of it.
 
         Args:
             key: the client's Idempotency-Key.
-            stale_after: take over a key still "accepting" after this many seconds (its
-                request died before completing or abandoning it); None: never.
+            owner: a token unique to this request; its later calls about the key pass it.
+            stale_after: take over a key still "accepting" whose owner has not renewed it
+                (``renew_idempotent``) for this many seconds: its request died before
+                completing or abandoning it. None: never.
 
         Returns:
-            None when this caller owns the key now and must complete or abandon it;
-            otherwise the existing record, "accepting" or "done".
+            None when ``owner`` owns the key now and must complete or abandon it (and renew
+            it meanwhile); otherwise the existing record, "accepting" or "done".
         """
-        return self._idempotency.begin(key, stale_after)
+        return self._idempotency.begin(key, owner, stale_after)
+
+    def renew_idempotent(self, key: str, owner: str) -> bool:
+        """Renew ``owner``'s lease on an "accepting" key; False if it is no longer its own."""
+        return self._idempotency.renew(key, owner)
 
     def complete_idempotent(
-        self, key: str, request_hash: str, job_id: str, response: dict[str, Any]
-    ) -> None:
-        """Record that the request with ``key`` was accepted, and the response it got."""
-        self._idempotency.complete(key, request_hash, job_id, response)
+        self, key: str, owner: str, request_hash: str, job_id: str, response: dict[str, Any]
+    ) -> bool:
+        """Record that ``owner``'s request with ``key`` was accepted, and the response it got.
 
-    def abandon_idempotent(self, key: str) -> None:
+        Returns False, recording nothing, when another request took the key over meanwhile
+        (and still holds it, or completed it).
+        """
+        return self._idempotency.complete(key, owner, request_hash, job_id, response)
+
+    def abandon_idempotent(self, key: str, owner: str) -> None:
         """Forget an "accepting" key whose request failed, so that a retry can proceed.
 
-        A "done" key stays: its response is what every retry must get.
+        Only while ``owner`` still holds it. A "done" key stays: its response is what every
+        retry must get.
         """
-        self._idempotency.abandon(key)
+        self._idempotency.abandon(key, owner)
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -5,8 +5,21 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Dialect, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    Connection,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    event,
+    inspect,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.schema import CreateColumn
 from sqlalchemy.types import TypeDecorator
 
 from service.jobs.records import IdempotencyRecord, IdempotencyState, Job, JobState
@@ -131,6 +144,10 @@ class JobRow(Base):
 
 
 class IdempotencyRow(Base):
+    """One Idempotency-Key. While "accepting", ``owner`` names the request that holds it and
+    ``updated_at`` is its lease: the owner renews it, and a key not renewed for long enough
+    may be taken over (a new owner written) by the next request with it."""
+
     __tablename__ = "idempotency_keys"
 
     # The primary key is what makes "first request wins" atomic on both backends.
@@ -141,6 +158,8 @@ class IdempotencyRow(Base):
     response: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # Added after the table: ``_add_missing_idempotency_columns`` adds it to older databases.
+    owner: Mapped[str | None] = mapped_column(String(64))
 
     def to_record(self) -> IdempotencyRecord:
         state: IdempotencyState = "done" if self.state == "done" else "accepting"
@@ -151,3 +170,24 @@ class IdempotencyRow(Base):
             job_id=self.job_id,
             response=self.response,
         )
+
+
+@event.listens_for(Base.metadata, "after_create")
+def _add_missing_idempotency_columns(metadata: MetaData, connection: Connection, **_: Any) -> None:
+    """Bring an ``idempotency_keys`` table made by an older version up to date.
+
+    ``create_all`` (``JobStore.create_schema``) creates missing tables but never alters
+    existing ones; this runs right after it, in the same transaction and under the same
+    lock. A column added to the table later must be nullable, so that existing rows get one
+    and older processes still sharing the database keep working.
+    """
+    table = metadata.tables[IdempotencyRow.__tablename__]
+    inspector = inspect(connection)
+    if not inspector.has_table(table.name):  # create_all was asked for other tables only
+        return
+    present = {column["name"] for column in inspector.get_columns(table.name)}
+    name = connection.dialect.identifier_preparer.format_table(table)
+    for column in table.columns:
+        if column.name not in present:
+            spec = CreateColumn(column).compile(dialect=connection.dialect)
+            connection.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN {spec}")

@@ -128,6 +128,31 @@ def load_history(path: Path) -> list[dict[str, object]]:
         return []
 
 
+class EpochBackup(keras.callbacks.BackupAndRestore):
+    """Keras's resumable checkpoint, written at an epoch's end at most every ``interval`` s.
+
+    Short epochs (a head on cached features takes milliseconds) would otherwise spend more
+    time saving than training. A crash redoes at most the epochs of the last ``interval``
+    seconds, and a redone epoch replaces its history entry (``HistoryCallback``).
+    """
+
+    def __init__(self, backup_dir: str, interval: float = 1.0) -> None:
+        super().__init__(backup_dir)
+        self.interval = interval
+        self._saved_at = float("-inf")
+        # It saves only at epoch ends: its per-batch hook does nothing, so Keras need not
+        # wait on every batch for it.
+        self.async_safe = True
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        now = time.monotonic()
+        if now - self._saved_at >= self.interval:
+            super().on_epoch_end(epoch, logs)
+            self._saved_at = now
+        else:
+            self._current_epoch = epoch + 1  # what the next save records
+
+
 class KeepBest(keras.callbacks.Callback):
     """Remembers the weights with the lowest validation loss, starting from a baseline.
 

@@ -27,6 +27,7 @@ from service.training.backbones import ResolvedWeights, build_base, get_backbone
 from service.training.callbacks import (
     CancelCallback,
     CancelFn,
+    EpochBackup,
     HistoryCallback,
     KeepBest,
     Progress,
@@ -135,7 +136,7 @@ class _Run:
         # Each epoch is checkpointed: a run resumed after a crash goes on from the last one.
         found: list[keras.callbacks.Callback] = [
             HistoryCallback(self.history, phase, self.work_dir / HISTORY),
-            keras.callbacks.BackupAndRestore(str(self.work_dir / "backup" / phase)),
+            EpochBackup(str(self.work_dir / "backup" / phase)),
         ]
         if self.hooks.progress:
             found.append(ProgressCallback(self.hooks.progress, phase, epochs, steps))

@@ -100,25 +100,6 @@ def test_dependencies_can_be_overridden(tmp_path: Path):
         assert client.get("/finetune").json()["total"] == 42
 
 
-def test_stale_partial_uploads_are_removed_at_start(tmp_path: Path):
-    import os
-
-    uploads = tmp_path / "data" / "uploads"
-    uploads.mkdir(parents=True)
-    stale, fresh, kept = (
-        uploads / "a.upload.1.partial",
-        uploads / "b.upload.2.partial",
-        uploads / "c.upload",
-    )
-    for path in (stale, fresh, kept):
-        path.write_bytes(b"x")
-    os.utime(stale, (0, 0))
-    os.utime(kept, (0, 0))
-    with TestClient(create_app(make_settings(tmp_path))):
-        pass
-    assert sorted(p.name for p in uploads.iterdir()) == [fresh.name, kept.name]
-
-
 RUNNER = """
 import sys
 from pathlib import Path

@@ -185,6 +185,8 @@ def test_json_config_with_unknown_field_is_422(client: TestClient):
         (zip_bytes({"a/../../evil.png": png()}), 400, "unsafe_archive_member"),
         (zip_bytes({"/abs/evil.png": png()}), 400, "unsafe_archive_member"),
         (tar_with_symlink(), 400, "unsafe_archive_member"),
+        (zip_bytes({"a/1.png": png(), "./a//1.png": png(1)}), 400, "unsafe_archive_member"),
+        (zip_bytes({"a/1.png": png(), "a/1.png/2.png": png(1)}), 400, "unsafe_archive_member"),
         (b"this is not an archive at all", 400, "invalid_archive"),
         (dataset_zip()[:-30], 400, "invalid_archive"),  # truncated central directory
     ],
@@ -192,6 +194,23 @@ def test_json_config_with_unknown_field_is_422(client: TestClient):
 def test_bad_archives_are_refused_before_queueing(client: TestClient, archive, status, code):
     response = submit(client, archive)
     assert error_of(response) == (status, code)
+    assert_nothing_left(client)
+
+
+def test_a_duplicate_member_is_refused_at_upload_and_nothing_is_left(client: TestClient):
+    """The worker's extraction would refuse it too, but only after the job waited its turn."""
+    archive = zip_bytes({"a/1.png": png(), "b/1.png": png(1), "./a//1.png": png(2)})
+    response = submit(client, archive)
+    assert (response.status_code, response.json()) == (
+        400,
+        {
+            "error": {
+                "code": "unsafe_archive_member",
+                "message": "archive member './a//1.png' duplicates or conflicts with an"
+                " earlier member",
+            }
+        },
+    )
     assert_nothing_left(client)
 
 

@@ -673,6 +673,92 @@ def test_scan_accepts_a_good_archive_and_counts_declared_sizes(tmp_path: Path) -
         scan_archive(write(tmp_path / "not.zip", b"plain text"), make_settings())
 
 
+def make_zip_listing(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A zip of ``members`` in order, repeated names included."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile warns about a repeated name
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, data in members:
+                zf.writestr(name, data)
+    return path
+
+
+def make_tar_listing(path: Path, members: list[tuple[str, bytes | None]]) -> Path:
+    """A tar of ``members`` in order; None makes a directory."""
+    with tarfile.open(path, "w") as tf:
+        for name, data in members:
+            if data is None:
+                tf.addfile(tar_info(name, tarfile.DIRTYPE))
+            else:
+                tf.addfile(tar_info(name, size=len(data)), io.BytesIO(data))
+    return path
+
+
+PNG = png_bytes()
+CONFLICTS = [
+    ("zip", [("cats/a.png", PNG), ("cats/a.png", PNG)], "cats/a.png"),
+    ("zip", [("cats/a.png", PNG), ("cats\\a.png", PNG)], "cats\\a.png"),
+    ("zip", [("cats/a.png", PNG), ("cats/a.png/", b"")], "cats/a.png/"),
+    ("zip", [("cats/", b""), ("cats", b"file")], "cats"),
+    ("zip", [("cats/a.png", PNG), ("cats", b"file")], "cats"),
+    ("zip", [("cats", b"file"), ("cats/a.png", PNG)], "cats/a.png"),
+    ("tar", [("cats/ok.png", PNG), ("./cats//ok.png", PNG)], "./cats//ok.png"),
+    ("tar", [("cats", b"file"), ("cats/sub/a.png", PNG)], "cats/sub/a.png"),
+    ("tar", [("cats", None), ("cats", b"file")], "cats"),
+    ("tar", [("cats/a.png", PNG), ("cats/a.png", None)], "cats/a.png"),
+]
+
+
+@pytest.mark.parametrize(("kind", "members", "culprit"), CONFLICTS)
+def test_scan_refuses_duplicates_and_conflicts_as_extraction_does(
+    tmp_path: Path, kind: str, members: list, culprit: str
+) -> None:
+    make = make_zip_listing if kind == "zip" else make_tar_listing
+    archive = make(tmp_path / f"data.{kind}", [("dogs/b.png", PNG), *members])
+    before = sorted(tmp_path.rglob("*"))
+    message = f"archive member {culprit!r} duplicates or conflicts with an earlier member"
+
+    with pytest.raises(UnsafeArchiveMemberError) as scanned:
+        scan_archive(archive, make_settings())
+    assert scanned.value.message == message
+    assert sorted(tmp_path.rglob("*")) == before
+
+    destination = tmp_path / "out"
+    with pytest.raises(UnsafeArchiveMemberError) as extracted:
+        extract_archive(archive, destination, make_settings())
+    assert extracted.value.message == message
+    assert_nothing_left(destination)
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+def test_scan_accepts_a_directory_listed_again_or_before_its_files(
+    tmp_path: Path, kind: str
+) -> None:
+    if kind == "zip":
+        members = [("cats/", b""), ("cats/a.png", PNG), ("./cats/", b""), ("cats/b/", b"")]
+        archive = make_zip_listing(tmp_path / "data.zip", members)
+    else:
+        listing = [("cats", None), ("cats/a.png", PNG), ("./cats/", None), ("cats/b", None)]
+        archive = make_tar_listing(tmp_path / "data.tar", listing)
+    scan_archive(archive, make_settings())
+    destination = extract_archive(archive, tmp_path / "out", make_settings())
+    assert extracted_files(destination) == {"cats/a.png": PNG}
+
+
+def test_scan_bounds_the_folders_member_names_imply(tmp_path: Path) -> None:
+    """Three members, four allowed, but deep names imply more folders than twice that."""
+    names = ["a/b/c/1.png", "d/e/f/2.png", "g/h/i/3.png"]
+    settings = make_settings(archive_max_members=4)
+    scan_archive(make_zip(tmp_path / "two.zip", dict.fromkeys(names[:2], PNG)), settings)
+    archive = make_tar(tmp_path / "three.tar", dict.fromkeys(names, PNG))
+
+    with pytest.raises(ArchiveLimitError) as caught:
+        scan_archive(archive, settings)
+    assert caught.value.message == (
+        "archive members make more than 8 files and folders (twice archive_max_members)"
+    )
+
+
 def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path

@@ -691,59 +691,45 @@ def test_cancel_unknown_job_raises_job_not_found(store: JobStore):
         store.cancel("0" * 32)
 
 
-# -- Idempotency-Keys --------------------------------------------------------------------------
+# -- Idempotency-Keys (leases and takeovers: test_idempotency.py) ------------------------------
 
 
 def test_begin_idempotent_lets_the_first_caller_proceed_and_shows_others_accepting(
     store: JobStore,
 ):
-    assert store.begin_idempotent("key-1") is None
+    assert store.begin_idempotent("key-1", "owner-a") is None
 
-    assert store.begin_idempotent("key-1") == IdempotencyRecord(
+    assert store.begin_idempotent("key-1", "owner-b") == IdempotencyRecord(
         key="key-1", state="accepting", request_hash=None, job_id=None, response=None
     )
-    assert store.begin_idempotent("key-2") is None
+    assert store.begin_idempotent("key-2", "owner-b") is None
 
 
 def test_completed_key_returns_the_done_record_with_hash_job_and_response(store: JobStore):
     response = {"job_id": "j1", "status": "queued"}
-    assert store.begin_idempotent("key-1") is None
-    store.complete_idempotent("key-1", "sha256:abc", "j1", response)
+    assert store.begin_idempotent("key-1", "owner-a") is None
+    assert store.complete_idempotent("key-1", "owner-a", "sha256:abc", "j1", response)
 
-    assert store.begin_idempotent("key-1") == IdempotencyRecord(
+    assert store.begin_idempotent("key-1", "owner-b") == IdempotencyRecord(
         key="key-1", state="done", request_hash="sha256:abc", job_id="j1", response=response
     )
 
 
 def test_abandoned_key_lets_a_new_begin_proceed(store: JobStore):
-    assert store.begin_idempotent("key-1") is None
-    store.abandon_idempotent("key-1")
+    assert store.begin_idempotent("key-1", "owner-a") is None
+    store.abandon_idempotent("key-1", "owner-a")
 
-    assert store.begin_idempotent("key-1") is None
-    assert store.begin_idempotent("key-1") is not None
+    assert store.begin_idempotent("key-1", "owner-b") is None
+    assert store.begin_idempotent("key-1", "owner-c") is not None
 
 
 def test_abandon_keeps_a_done_key(store: JobStore):
-    store.begin_idempotent("key-1")
-    store.complete_idempotent("key-1", "h", "j1", {"job_id": "j1"})
+    store.begin_idempotent("key-1", "owner-a")
+    store.complete_idempotent("key-1", "owner-a", "h", "j1", {"job_id": "j1"})
 
-    store.abandon_idempotent("key-1")
+    store.abandon_idempotent("key-1", "owner-a")
 
-    record = store.begin_idempotent("key-1")
-    assert record is not None
-    assert record.state == "done"
-
-
-def test_begin_idempotent_takes_over_only_a_stale_accepting_key(store: JobStore):
-    store.begin_idempotent("key-1")
-    store.begin_idempotent("key-2")
-    store.complete_idempotent("key-2", "h", "j2", {"job_id": "j2"})
-    time.sleep(0.05)
-
-    assert store.begin_idempotent("key-1", stale_after=60) is not None
-    assert store.begin_idempotent("key-1", stale_after=0.01) is None
-    assert store.begin_idempotent("key-1", stale_after=60) is not None  # owned again
-    record = store.begin_idempotent("key-2", stale_after=0.01)
+    record = store.begin_idempotent("key-1", "owner-b")
     assert record is not None
     assert record.state == "done"
 
@@ -753,12 +739,13 @@ def test_concurrent_begin_idempotent_lets_exactly_one_caller_proceed(make_store:
     stores[0].create_schema()
     start = threading.Barrier(len(stores))
 
-    def begin(store: JobStore) -> IdempotencyRecord | None:
+    def begin(numbered: tuple[int, JobStore]) -> IdempotencyRecord | None:
         start.wait()
-        return store.begin_idempotent("shared-key")
+        number, store = numbered
+        return store.begin_idempotent("shared-key", f"owner-{number}")
 
     with ThreadPoolExecutor(len(stores)) as pool:
-        records = list(pool.map(begin, stores))
+        records = list(pool.map(begin, enumerate(stores)))
 
     assert records.count(None) == 1
     assert {record.state for record in records if record is not None} == {"accepting"}
