@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from exporter.card import build_model_card
+from exporter.image_guard import DEFAULT_MAX_PIXELS
 from exporter.onnx_export import export_onnx
 from exporter.signatures import labels_text, save_saved_model
 from exporter.warmup import write_warmup_requests
@@ -70,7 +71,11 @@ def validation_image_bytes(result: TrainingResult, limit: int) -> list[bytes]:
 
 
 def export_model(
-    result: TrainingResult, model_name: str, out_dir: Path, version: int | None = None
+    result: TrainingResult,
+    model_name: str,
+    out_dir: Path,
+    version: int | None = None,
+    max_image_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ExportReport:
     """Write a complete, servable version of ``result``'s classifier into ``out_dir``.
 
@@ -79,6 +84,8 @@ def export_model(
         model_name: the name the version is served under (recorded in warmup and card).
         out_dir: the version directory; created if missing, and it must be empty.
         version: the version number, when the caller already knows it (for the card).
+        max_image_pixels: the most pixels an image's header may declare; ``serving_default``
+            refuses more wherever the model is served.
 
     Raises:
         ExportError: ``out_dir`` is not empty, or the ONNX copy does not match the model.
@@ -86,7 +93,7 @@ def export_model(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"refusing to export into {out_dir}: it is not empty")
     model, size = result.classifier.model, result.image_size
-    save_saved_model(model, result.classes, size, out_dir)
+    save_saved_model(model, result.classes, size, out_dir, max_image_pixels)
     extra = out_dir / ASSETS_EXTRA
     extra.mkdir()
 

@@ -11,11 +11,11 @@ from typing import Any
 
 from exporter.export import (
     WARMUP_IMAGES,
-    ExportReport,
     export_model,
     validation_image_bytes,
     verify_export,
 )
+from exporter.image_guard import DEFAULT_MAX_PIXELS
 from service.contract.repository import ASSETS_EXTRA, MODEL_CARD_FILE, ModelRepository
 from service.training.trainer import TrainingResult
 
@@ -46,6 +46,7 @@ def publish_result(
     job_id: str | None = None,
     assess: Callable[[Path], dict[str, Any]] | None = None,
     last_check: Callable[[], None] | None = None,
+    max_image_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> PublishedVersion:
     """Export ``result`` into a staging folder, check it answers like the trained model,
     then publish it as the model's next version.
@@ -56,7 +57,8 @@ def publish_result(
     ``assess(staging)`` runs on the verified export before the rename; what it returns is
     added to the model card (the promotion decision is). ``last_check()`` runs under the
     repository lock right before the rename; raising there (a job cancelled at the last
-    moment) publishes nothing.
+    moment) publishes nothing. ``max_image_pixels`` is the limit the exported
+    ``serving_default`` enforces on each image's header.
     """
     name = model_name or result.config.model_name
     samples = validation_image_bytes(result, WARMUP_IMAGES)
@@ -69,7 +71,7 @@ def publish_result(
             extra.update(assess(staging))
 
     with repository.staging(name) as staging:
-        report: ExportReport = export_model(result, name, staging)
+        report = export_model(result, name, staging, max_image_pixels=max_image_pixels)
         stamp = partial(_stamp_card, job_id=job_id, extra=extra, last_check=last_check)
         version = repository.publish(name, staging, verify=verify, stamp=stamp)
     path = repository.version_path(name, version)

@@ -2,7 +2,9 @@
 
 ``serving_default`` takes encoded images (``image_bytes``, DT_STRING [-1]) and decodes and
 resizes them with ``service.training.preprocessing.decode_and_resize``, the very function the
-training pipeline used, so a request's pixels match what the model learned on.
+training pipeline used, so a request's pixels match what the model learned on. Before that,
+each image's header is judged against a pixel limit (``exporter.image_guard``), so that a
+server which runs none of our Python refuses decompression bombs too.
 ``serving_tensor`` takes float32 pixels (``images``, [-1, H, W, 3], 0–255). Both answer
 ``probabilities`` [-1, C], ``labels`` [-1, K] and ``label_scores`` [-1, K], K = min(5, C).
 
@@ -19,6 +21,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from exporter.image_guard import DEFAULT_MAX_PIXELS, checked_image
 from service.contract.repository import LABELS_FILE
 from service.contract.signatures import (
     BYTES_INPUT,
@@ -42,11 +45,17 @@ class ServingModule(tf.Module):
     """The classifier, its class names and the two serving functions, as one trackable."""
 
     def __init__(
-        self, model: keras.Model, classes: Sequence[str], image_size: int, labels_path: Path
+        self,
+        model: keras.Model,
+        classes: Sequence[str],
+        image_size: int,
+        labels_path: Path,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__(name="ftserve_classifier")
         self.model = model
         self.image_size = image_size
+        self.max_image_pixels = max_image_pixels
         self.k = top_k(len(classes))
         self.class_names = tf.constant(list(classes), dtype=tf.string)
         self.labels_asset = tf.saved_model.Asset(str(labels_path))
@@ -57,10 +66,15 @@ class ServingModule(tf.Module):
         self.serving_tensor = tf.function(self._from_pixels, input_signature=[pixels])
 
     def _from_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        size = self.image_size
+        size, limit = self.image_size, self.max_image_pixels
+
+        def decode(item: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+            data, index = item
+            return decode_and_resize(checked_image(data, index, limit), size)
+
         images = tf.map_fn(
-            lambda data: decode_and_resize(data, size),
-            image_bytes,
+            decode,
+            (image_bytes, tf.range(tf.size(image_bytes))),
             fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
         )
         return self._from_pixels(images)
@@ -84,7 +98,11 @@ class ServingModule(tf.Module):
 
 
 def save_saved_model(
-    model: keras.Model, classes: Sequence[str], image_size: int, path: Path
+    model: keras.Model,
+    classes: Sequence[str],
+    image_size: int,
+    path: Path,
+    max_image_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Path:
     """Write ``model`` as a SavedModel with both serving signatures at ``path``.
 
@@ -93,6 +111,7 @@ def save_saved_model(
         classes: class names in training order (index i is output column i).
         image_size: H = W, the size ``decode_and_resize`` produces.
         path: the SavedModel directory (a model version directory).
+        max_image_pixels: ``serving_default`` refuses an image whose header declares more.
 
     Returns:
         ``path``.
@@ -101,6 +120,6 @@ def save_saved_model(
         # The asset is copied into <path>/assets/ while saving, so a scratch file will do.
         labels_path = Path(scratch) / LABELS_FILE
         labels_path.write_text(labels_text(classes), encoding="utf-8")
-        module = ServingModule(model, classes, image_size, labels_path)
+        module = ServingModule(model, classes, image_size, labels_path, max_image_pixels)
         tf.saved_model.save(module, str(path), signatures=module.signatures())
     return path

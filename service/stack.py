@@ -67,6 +67,7 @@ def child_commands(settings: Settings, host: str, ports: Ports) -> dict[str, lis
             # As TF Serving, the model server checks labels before loading anything; a
             # restart with labels in models.config needs this (label moves do not).
             "--allow_version_labels_for_unavailable_models=true",
+            f"--max_image_pixels={settings.image_max_pixels}",
         ]
     commands["worker"] = [*ftserve, "worker"]
     commands["api"] = [*ftserve, "api", f"--host={host}", f"--port={ports.api}"]

@@ -127,7 +127,7 @@ async def read_predict_request(
 
 
 def check_images(images: list[bytes], field: str, max_pixels: int) -> None:
-    """Refuse images that are not JPEG, PNG, GIF or BMP, or whose header declares too much.
+    """Refuse images that are not JPEG, PNG, GIF, BMP or WebP, or whose header declares too much.
 
     Judged by header alone (``service.ingest.images``), as the model server's decoder would
     allocate the declared canvas before reading a pixel. ``field`` names the images in
@@ -144,7 +144,7 @@ def check_images(images: list[bytes], field: str, max_pixels: int) -> None:
 def _check_image(name: str, image: bytes, max_pixels: int) -> None:
     kind = image_kind(image[:HEAD_BYTES])
     if kind is None:
-        raise NotAnImageError(f"{name} is not a JPEG, PNG, GIF or BMP image")
+        raise NotAnImageError(f"{name} is not a JPEG, PNG, GIF, BMP or WebP image")
     try:
         header = read_header(image, kind)
     except BombHeaderError as exc:

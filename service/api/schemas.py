@@ -157,7 +157,7 @@ class JobList(BaseModel):
 class Instance(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    b64: str = Field(description="A JPEG, PNG, GIF or BMP image, base64-encoded.")
+    b64: str = Field(description="A JPEG, PNG, GIF, BMP or WebP image, base64-encoded.")
 
 
 # As in TensorFlow Serving's ModelSpec, a version and a version label exclude each other.

@@ -94,7 +94,12 @@ def finetune(
     held_out = HeldOut.of(result)
     judge = partial(assess, held_out=held_out, config=config, repository=repository)
     published = publish_result(
-        result, repository, job_id=job_id, assess=judge, last_check=last_check
+        result,
+        repository,
+        job_id=job_id,
+        assess=judge,
+        last_check=last_check,
+        max_image_pixels=settings.image_max_pixels,
     )
     card = repository.model_card(published.model, published.version) or {}
     promotion = card["promotion"]

@@ -2,7 +2,8 @@
 
 Only the header is parsed; no pixel is decoded. The archive extractor (refusing an upload),
 the dataset scan (skipping a file), ``POST /predict`` and the model server (refusing a
-request) judge images with these functions.
+request) judge images with these functions; the exported serving signature repeats the
+judgement in TensorFlow ops (``exporter/image_guard.py``) with the same bounds.
 """
 
 from __future__ import annotations
@@ -17,23 +18,28 @@ from typing import NamedTuple
 
 from PIL import Image
 
-# The formats the decoder (tf.io.decode_image) reads, by their first bytes.
+# The formats the decoder (tf.io.decode_image) reads, by the first bytes it tells them apart
+# by (``ClassifyFileFormat`` in TF 2.21's decode_image_op.cc): any "GIF8" goes to giflib,
+# which itself checks only "GIF". WebP is "RIFF", a chunk size, then "WEBP" (``image_kind``).
 SIGNATURES = {
     b"\xff\xd8\xff": "JPEG",
     b"\x89PNG\r\n\x1a\n": "PNG",
-    b"GIF87a": "GIF",
-    b"GIF89a": "GIF",
+    b"GIF8": "GIF",
     b"BM": "BMP",
 }
-HEAD_BYTES = max(len(signature) for signature in SIGNATURES)
+# TensorFlow decodes JPEG XL too (codestream, container). Its header is not read here, so
+# code that hands bytes to TensorFlow refuses it: nothing judges what it would allocate.
+JPEG_XL_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")
+HEAD_BYTES = 12  # enough for every signature above and for "RIFF....WEBP"
 
 # Bounds on scanning a GIF, whose size is only known after walking all of it. Past any of
 # them the GIF counts as a bomb. giflib keeps every frame's raster (a byte a pixel) until the
 # decode ends, so the frames' total is memory too, on top of the canvas.
 MAX_GIF_FRAMES = 10_000
 MAX_GIF_RASTER_PIXELS = 1 << 28
-# Data sub-blocks hold up to 255 bytes; legitimate encoders fill them, so this many blocks
-# is a GIF of hundreds of MB. Tiny blocks only make the scan slow (about 0.1 µs a block).
+# Blocks: each extension, each image descriptor and each data sub-block. Sub-blocks hold up
+# to 255 bytes; legitimate encoders fill them, so this many blocks is a GIF of hundreds of
+# MB. Tiny blocks only make the scan slow (about 0.1 µs a block here, far more in the graph).
 MAX_GIF_BLOCKS = 1 << 21
 
 _GIF_SCREEN = struct.Struct("<HHBxx")  # logical screen: width, height, flags (after GIF89a)
@@ -65,8 +71,16 @@ class BombHeaderError(ValueError):
 
 
 def image_kind(head: bytes) -> str | None:
-    """``JPEG``, ``PNG``, ``GIF`` or ``BMP`` from the first bytes, or None for anything else."""
-    return next((kind for sig, kind in SIGNATURES.items() if head.startswith(sig)), None)
+    """``JPEG``, ``PNG``, ``GIF``, ``BMP`` or ``WebP`` from the first bytes, else None."""
+    kind = next((kind for sig, kind in SIGNATURES.items() if head.startswith(sig)), None)
+    if kind is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return kind
+
+
+def unsized_kind(head: bytes) -> str | None:
+    """``JPEG XL`` for a format TensorFlow decodes but whose size is not read here, else None."""
+    return "JPEG XL" if head.startswith(JPEG_XL_SIGNATURES) else None
 
 
 def read_header(source: Path | bytes, kind: str) -> ImageHeader:
@@ -74,18 +88,22 @@ def read_header(source: Path | bytes, kind: str) -> ImageHeader:
 
     ``kind`` comes from ``image_kind``. For PNG, JPEG and BMP that is the header's size (a
     top-down BMP's negative height counts as its absolute value); for GIF it is not the
-    logical screen but follows the frames, see ``_gif_header``.
+    logical screen but follows the frames, see ``_gif_header``; for WebP it is what libwebp
+    reports, read by hand, see ``_webp_header``.
 
     Raises:
         BombHeaderError: past Pillow's bomb limit, or a GIF past the scan's bounds
             (certainly too large).
         UnreadableHeaderError: a header that cannot be parsed. Decoding a GIF or BMP would
             fail too, but TensorFlow may decode a PNG or JPEG whose header Pillow refuses
-            (libpng only warns about a bad ancillary checksum): code that hands images to
-            TensorFlow refuses those rather than pass them on.
+            (libpng only warns about a bad ancillary checksum), and libwebp reads layouts
+            the parser here may not know: code that hands images to TensorFlow refuses
+            those rather than pass them on.
     """
     if kind == "GIF":
         return _read_gif(source)
+    if kind == "WebP":
+        return _webp_header(_read_head(source, _WEBP_HEADER_BYTES))
     target = io.BytesIO(source) if isinstance(source, bytes) else source
     # Pillow's bomb guard warns on big sizes: the warning is silenced here (setting
     # MAX_IMAGE_PIXELS to None instead would drop the guard for other threads meanwhile),
@@ -172,7 +190,7 @@ def _gif_frames(data: _Buffer, pos: int) -> Iterator[tuple[int, int, int, int]]:
             pos, count = _skip_sub_blocks(data, pos + 1)  # after the LZW minimum code size
         else:
             return  # the trailer (0x3B), or a byte giflib stops at
-        blocks += count
+        blocks += 1 + count  # the block itself counts too: empty extensions are blocks
         if blocks > MAX_GIF_BLOCKS:
             raise BombHeaderError(f"GIF has more than {MAX_GIF_BLOCKS} data blocks")
 
@@ -211,3 +229,66 @@ def _skip_sub_blocks(data: _Buffer, pos: int) -> tuple[int, int]:
 def _color_table_bytes(flags: int) -> int:
     """Bytes of the color table a screen or image descriptor's ``flags`` announce."""
     return 3 << ((flags & 0x07) + 1) if flags & 0x80 else 0
+
+
+# -- WebP ------------------------------------------------------------------------------------
+
+# "RIFF", size, "WEBP" (12 bytes), a chunk header (8), and a VP8X chunk's 10 bytes of payload.
+_WEBP_HEADER_BYTES = 30
+_VP8_START_CODE = b"\x9d\x01\x2a"
+_VP8L_SIGNATURE = 0x2F
+
+
+def _webp_header(head: bytes) -> ImageHeader:
+    """The size libwebp's ``WebPGetFeatures`` reports, which TensorFlow allocates.
+
+    An extended file (a VP8X chunk first) is sized by the canvas it declares: libwebp
+    answers it even when no image data follows, and refuses an image of another size. A
+    simple file is sized by its bitstream's frame header, lossy (VP8) or lossless (VP8L),
+    in its chunk or, as libwebp also reads it, bare after "WEBP" (TF 2.21, libwebp 1.x).
+    """
+    chunk = head[12:16]
+    if chunk == b"VP8X" and len(head) >= _WEBP_HEADER_BYTES:
+        width, height = (int.from_bytes(head[at : at + 3], "little") + 1 for at in (24, 27))
+        return ImageHeader("WebP", width, height)
+    if chunk == b"VP8 ":
+        size = _vp8_size(head[20:])
+    elif chunk == b"VP8L":
+        size = _vp8l_size(head[20:])
+    else:
+        bare = head[12:]
+        size = _vp8l_size(bare) if _is_vp8l(bare) else _vp8_size(bare)
+    if size is None:
+        raise UnreadableHeaderError("unreadable WebP header")
+    return ImageHeader("WebP", *size)
+
+
+def _vp8_size(frame: bytes) -> tuple[int, int] | None:
+    """Width and height from a lossy key frame's header: 14 bits each after the start code."""
+    if len(frame) < 10 or frame[3:6] != _VP8_START_CODE:
+        return None
+    width, height = (int.from_bytes(frame[at : at + 2], "little") & 0x3FFF for at in (6, 8))
+    return (width, height) if width and height else None
+
+
+def _vp8l_size(bitstream: bytes) -> tuple[int, int] | None:
+    """Width and height from a lossless header: 14 bits each, minus one, after the signature."""
+    if not _is_vp8l(bitstream):
+        return None
+    bits = int.from_bytes(bitstream[1:5], "little")
+    return (bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1
+
+
+def _is_vp8l(bitstream: bytes) -> bool:
+    # libwebp's VP8LCheckSignature: the signature byte, then version bits that must be 0.
+    return len(bitstream) >= 5 and bitstream[0] == _VP8L_SIGNATURE and bitstream[4] >> 5 == 0
+
+
+def _read_head(source: Path | bytes, size: int) -> bytes:
+    if isinstance(source, bytes):
+        return source[:size]
+    try:
+        with source.open("rb") as file:
+            return file.read(size)
+    except OSError as exc:
+        raise UnreadableHeaderError("unreadable image header") from exc

@@ -111,7 +111,7 @@ def map_grpc_errors() -> Iterator[None]:
         if code == Codes.NOT_FOUND or unknown_label:
             raise ModelNotFoundError(summary) from exc
         if code == Codes.INVALID_ARGUMENT and any(word in lowered for word in _IMAGE_ERRORS):
-            raise NotAnImageError("An instance is not a JPEG, PNG, GIF or BMP image") from exc
+            raise NotAnImageError("An instance is not a JPEG, PNG, GIF, BMP or WebP image") from exc
         if code == Codes.INVALID_ARGUMENT and "pixels), more than the limit" in lowered:
             raise ImageTooLargeError(summary) from exc  # the model server's bomb guard
         if code == Codes.INVALID_ARGUMENT and "maximum input batch size" in lowered:

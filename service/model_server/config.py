@@ -124,7 +124,14 @@ def _policy(entry: ModelConfig) -> VersionPolicy:
 
 def _parse_text(path: Path, message: M) -> M:
     try:
-        text_format.Parse(Path(path).read_text(encoding="utf-8"), message)
-    except (OSError, UnicodeDecodeError, text_format.ParseError) as exc:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        # TensorFlow Serving's words (protobuf's text parser logs them); tools grep for them.
+        raise ConfigError(
+            f"cannot read {path}: Error parsing text-format {message.DESCRIPTOR.full_name}: {exc}"
+        ) from exc
     return message

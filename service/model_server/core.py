@@ -30,13 +30,19 @@ from service.model_server.batching import BatchScheduler
 from service.model_server.config import ConfigError, model_settings
 from service.model_server.manager import ModelManager, VersionRecord
 from service.model_server.metrics import ServerMetrics
-from service.model_server.servable import PreparedPredict, Servable
+from service.model_server.servable import DEFAULT_SIGNATURE, PreparedPredict, Servable
 from service.model_server.status import ServingError, invalid_argument
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_DEF = "signature_def"
 T = TypeVar("T")
+# The method names TensorFlow Serving's Predict takes when it checks them.
+_METHOD_NAMES = (
+    "tensorflow/serving/predict",
+    "tensorflow/serving/classify",
+    "tensorflow/serving/regress",
+)
 
 
 class ModelServerCore:
@@ -46,8 +52,11 @@ class ModelServerCore:
         executor: Executor,
         metrics: ServerMetrics,
         batcher: BatchScheduler | None = None,
+        check_method_name: bool = False,
     ) -> None:
         self.manager = manager
+        # --enable_signature_method_name_check
+        self.check_method_name = check_method_name
         self.metrics = metrics
         self._executor = executor
         self.batcher = batcher
@@ -118,6 +127,8 @@ class ModelServerCore:
 
     async def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         with self.manager.acquire(request.model_spec) as servable:
+            if self.check_method_name:
+                _check_method_name(servable, request.model_spec.signature_name)
             prepared = servable.prepare(request)
             outputs = await self._run(servable, prepared)
             return servable.respond(prepared, outputs)
@@ -167,6 +178,16 @@ class ModelServerCore:
             raise
         finally:
             self.metrics.record_request(model, api, entrypoint, status, time.perf_counter() - start)
+
+
+def _check_method_name(servable: Servable, signature_name: str) -> None:
+    signature = servable.signature_defs.get(signature_name or DEFAULT_SIGNATURE)
+    if signature is not None and signature.method_name not in _METHOD_NAMES:
+        raise ServingError(
+            grpc.StatusCode.INTERNAL,
+            f"Expected prediction signature method_name to be one of"
+            f" {{{', '.join(_METHOD_NAMES)}}}. Was: {signature.method_name}",
+        )
 
 
 def _version_status(record: VersionRecord) -> get_model_status_pb2.ModelVersionStatus:

@@ -25,6 +25,7 @@ import grpc
 from tensorflow_serving.apis import model_pb2
 
 from service.model_server.config import ModelSettings
+from service.model_server.options import DEFAULT_MAX_IMAGE_PIXELS
 from service.model_server.servable import LoadError, Servable, has_saved_model
 from service.model_server.status import (
     ServingError,
@@ -68,29 +69,56 @@ class ModelRecord:
 Loader = Callable[[str, int, Path], Servable]
 
 
-def load_servable(name: str, version: int, path: Path, warmup: bool = True) -> Servable:
-    servable = Servable(name, version, path)
+def load_servable(
+    name: str,
+    version: int,
+    path: Path,
+    warmup: bool = True,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> Servable:
+    servable = Servable(name, version, path, max_image_pixels)
     if warmup:
         servable.warm_up()
     return servable
 
 
 def versions_on_disk(base_path: Path) -> list[int]:
-    """Numeric subdirectories that hold a SavedModel graph, oldest first.
+    """Numeric subdirectories that hold a SavedModel graph, oldest first."""
+    return sorted(version_dirs(base_path))
 
-    ``.staging-*`` folders are not numbers, and a numeric folder still being copied has
-    no graph file yet, so neither is a version.
+
+def version_dirs(base_path: Path) -> dict[int, Path]:
+    """Each version under ``base_path`` and the folder it loads from.
+
+    A folder's name is read as a number, as TensorFlow Serving reads it, so ``00000123`` is
+    version 123 and loads from ``00000123``. ``.staging-*`` folders are not numbers, and a
+    numeric folder still being copied has no graph file yet, so neither is a version.
+    When two folders name one version (``123`` and ``0123``) TensorFlow Serving keeps
+    whichever its directory listing gives last and warns. A listing has no order, so here
+    the names are sorted: the plain ``123`` sorts after every zero-padded spelling and wins,
+    the folder TensorFlow Serving's ``specific`` policy looks up first.
     """
     try:
-        entries = list(os.scandir(base_path))
+        entries = sorted(os.scandir(base_path), key=lambda e: e.name)
     except OSError:
-        return []
-    found = (
-        int(e.name)
-        for e in entries
-        if _NUMBER.fullmatch(e.name) and e.is_dir() and has_saved_model(Path(e.path))
-    )
-    return sorted(v for v in found if v > 0)
+        return {}
+    found: dict[int, Path] = {}
+    for entry in entries:
+        if not (_NUMBER.fullmatch(entry.name) and entry.is_dir()):
+            continue
+        version, path = int(entry.name), Path(entry.path)
+        if version <= 0 or not has_saved_model(path):
+            continue
+        if version in found:
+            log.warning(
+                "Duplicate version directories detected. Version %d will be loaded from %s,"
+                " %s will be ignored.",
+                version,
+                path,
+                found[version],
+            )
+        found[version] = path
+    return found
 
 
 class ModelManager:
@@ -262,10 +290,10 @@ class ModelManager:
     # -- loading and unloading ----------------------------------------------------------
 
     def _poll_model(self, name: str, settings: ModelSettings) -> None:
-        on_disk = versions_on_disk(settings.base_path)
-        aspired = settings.policy.aspired(on_disk)
+        folders = version_dirs(settings.base_path)
+        aspired = settings.policy.aspired(sorted(folders))
         for version in sorted(aspired):
-            path = settings.base_path / str(version)
+            path = folders[version]
             if self._needs_load(name, version, _fingerprint(path)):
                 self._load(name, version, path)
         with self._lock:

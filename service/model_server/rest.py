@@ -12,14 +12,22 @@ import re
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from service.model_server import rest_codec
 from service.model_server.core import SIGNATURE_DEF, ModelServerCore, model_spec
-from service.model_server.status import ServingError, invalid_argument, predict_only
+from service.model_server.status import (
+    ServingError,
+    failed_precondition,
+    invalid_argument,
+    predict_only,
+)
 
 # TensorFlow Serving parses the path with a regex rather than a router, and so do we.
 _MODEL_PATH = re.compile(
@@ -29,6 +37,14 @@ _MODEL_PATH = re.compile(
 )
 
 
+# What TensorFlow Serving adds to every REST response when CORS support is on.
+_CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, GET",
+    "Access-Control-Allow-Headers": "Content-Type",
+}
+
+
 class _JSONResponse(JSONResponse):
     # Model outputs may be NaN or infinite; TensorFlow Serving writes them as NaN/Infinity,
     # where Starlette's JSONResponse would refuse them and fail the request.
@@ -36,7 +52,9 @@ class _JSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def create_app(core: ModelServerCore, prometheus_path: str | None = None) -> Starlette:
+def create_app(
+    core: ModelServerCore, prometheus_path: str | None = None, cors: bool = False
+) -> Starlette:
     async def models(request: Request) -> Response:
         try:
             return _JSONResponse(await _dispatch(core, request))
@@ -49,7 +67,40 @@ def create_app(core: ModelServerCore, prometheus_path: str | None = None) -> Sta
     routes = [Route("/v1/models/{path:path}", models, methods=["GET", "POST"])]
     if prometheus_path is not None:
         routes.append(Route(prometheus_path, metrics, methods=["GET"]))
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(_CORS)] if cors else [])
+
+
+class _CORS:
+    """``--rest_api_enable_cors_support``: TensorFlow Serving's CORS headers and preflight."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "OPTIONS":
+            await self._preflight(scope)(scope, receive, send)
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in _CORS_HEADERS.items():
+                    headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+    @staticmethod
+    def _preflight(scope: Scope) -> Response:
+        if re.search(r"https?://", Headers(scope=scope).get("origin", "")):
+            return Response(headers=_CORS_HEADERS)
+        error = failed_precondition("Origin header is missing in CORS preflight")
+        return _JSONResponse(
+            {"error": error.message}, status_code=error.http_status, headers=_CORS_HEADERS
+        )
 
 
 async def _dispatch(core: ModelServerCore, request: Request) -> dict[str, Any]:

@@ -27,7 +27,9 @@ from service.ingest.images import (
     UnreadableHeaderError,
     image_kind,
     read_header,
+    unsized_kind,
 )
+from service.model_server.options import DEFAULT_MAX_IMAGE_PIXELS
 from service.model_server.status import ServingError, invalid_argument
 from service.model_server.tensors import tensor_proto
 
@@ -40,14 +42,13 @@ WARMUP_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
 # TensorFlow Serving reads at most this many warmup records.
 MAX_WARMUP_RECORDS = 1000
 _SERVE_TAG = "serve"
-# Encoded images may declare at most this many pixels (the API's image_max_pixels default).
-MAX_IMAGE_PIXELS = 40_000_000
-# Kinds whose header Pillow may refuse where TensorFlow's decoder reads it and allocates the
-# canvas (libpng only warns about a bad checksum on an ancillary chunk; Pillow fails): those
-# are refused. An unreadable GIF has no frame, so giflib allocates nothing, and TensorFlow
-# decodes a BMP only when the request holds every pixel's bytes: those are left to the model,
-# as is text that happens to start with "BM".
-_DECODER_READS_WHAT_PILLOW_CANNOT = frozenset({"PNG", "JPEG"})
+# Kinds whose header may be unreadable here where TensorFlow's decoder reads it and allocates
+# the canvas (libpng only warns about a bad checksum on an ancillary chunk, where Pillow
+# fails; libwebp reads layouts the WebP parser may not know): those are refused. An
+# unreadable GIF has no frame, so giflib allocates nothing, and TensorFlow decodes a BMP only
+# when the request holds every pixel's bytes: those are left to the model, as is text that
+# happens to start with "BM".
+_DECODER_READS_WHAT_WE_CANNOT = frozenset({"PNG", "JPEG", "WebP"})
 
 
 class LoadError(Exception):
@@ -84,12 +85,23 @@ def read_signature_defs(path: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
 
 
 class Servable:
-    """A SavedModel version loaded into this process."""
+    """A SavedModel version loaded into this process.
 
-    def __init__(self, name: str, version: int, path: Path) -> None:
+    String inputs holding encoded images whose headers declare more than
+    ``max_image_pixels`` are refused before the model runs.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
         self.name = name
         self.version = version
         self.path = path
+        self.max_image_pixels = max_image_pixels
         try:
             self.signature_defs = read_signature_defs(path)
             loaded = tf.saved_model.load(str(path), tags=[_SERVE_TAG])
@@ -118,7 +130,13 @@ class Servable:
             )
         _check_input_names(signature, request)
         inputs = {
-            alias: _decode_input(alias, position, signature.inputs[alias], request.inputs[alias])
+            alias: _decode_input(
+                alias,
+                position,
+                signature.inputs[alias],
+                request.inputs[alias],
+                self.max_image_pixels,
+            )
             for position, alias in enumerate(sorted(request.inputs))
         }
         return PreparedPredict(name, inputs, _output_aliases(signature, request.output_filter))
@@ -130,6 +148,8 @@ class Servable:
     def run(self, signature_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one signature; TensorFlow errors become ``ServingError`` with the same code."""
         function = self._functions[signature_name]
+        # A restored signature takes its inputs by name and runs its graph on the shapes
+        # given, as TensorFlow Serving's session does; a shape the ops cannot use fails there.
         try:
             outputs = function(**{alias: tf.constant(value) for alias, value in inputs.items()})
         except tf.errors.OpError as exc:
@@ -196,8 +216,18 @@ def _check_input_names(
 
 
 def _decode_input(
-    alias: str, position: int, info: meta_graph_pb2.TensorInfo, proto: tensor_pb2.TensorProto
+    alias: str,
+    position: int,
+    info: meta_graph_pb2.TensorInfo,
+    proto: tensor_pb2.TensorProto,
+    max_image_pixels: int,
 ) -> np.ndarray:
+    """The input as an array; its shape is not checked against the signature's.
+
+    TensorFlow Serving checks names and types and feeds the tensor as sent: a graph that can
+    use another shape does (``half_plus_two`` takes a flat ``[3]`` for its ``[-1, 1]`` x),
+    and one that cannot fails in TensorFlow with INVALID_ARGUMENT, kept by ``run``.
+    """
     if proto.dtype != info.dtype:
         expected, got = (tf.dtypes.as_dtype(d).name for d in (info.dtype, proto.dtype))
         raise invalid_argument(f"Expects arg[{position}] to be {expected} but {got} is provided")
@@ -205,25 +235,29 @@ def _decode_input(
         array = tf.make_ndarray(proto)
     except (TypeError, ValueError) as exc:
         raise invalid_argument(f"tensor parsing error: {alias}") from exc
-    _check_shape(alias, array.shape, info)
     if proto.dtype == types_pb2.DT_STRING:
-        _check_images(alias, array)
+        _check_images(alias, array, max_image_pixels)
     return array
 
 
-def _check_images(alias: str, values: np.ndarray) -> None:
-    """Refuse encoded images whose headers declare more than ``MAX_IMAGE_PIXELS``.
+def _check_images(alias: str, values: np.ndarray, max_pixels: int) -> None:
+    """Refuse encoded images whose headers declare more than ``max_pixels``, and JPEG XL.
 
-    Values that do not start like a JPEG, PNG, GIF or BMP are left for the model to judge.
+    Values that do not start like a JPEG, PNG, GIF, BMP, WebP or JPEG XL are left for the
+    model to judge.
     """
     for index, value in enumerate(values.flat):
-        problem = _image_problem(value) if isinstance(value, bytes) else None
+        problem = _image_problem(value, max_pixels) if isinstance(value, bytes) else None
         if problem is not None:
             raise invalid_argument(f"input {alias}[{index}] {problem}")
 
 
-def _image_problem(value: bytes) -> str | None:
-    kind = image_kind(value[:HEAD_BYTES])
+def _image_problem(value: bytes, max_pixels: int) -> str | None:
+    head = value[:HEAD_BYTES]
+    unsized = unsized_kind(head)
+    if unsized is not None:
+        return f"is a {unsized} image, which is refused: its size is not judged"
+    kind = image_kind(head)
     if kind is None:
         return None
     try:
@@ -231,29 +265,15 @@ def _image_problem(value: bytes) -> str | None:
     except BombHeaderError as exc:
         return f"is a {kind} too large to decode: {exc}"
     except UnreadableHeaderError:
-        if kind not in _DECODER_READS_WHAT_PILLOW_CANNOT:
+        if kind not in _DECODER_READS_WHAT_WE_CANNOT:
             return None  # TensorFlow fails before allocating: left to it, like any bytes
         return f"starts like a {kind} but its header is damaged, so it cannot be decoded"
-    if header.pixels <= MAX_IMAGE_PIXELS:
+    if header.pixels <= max_pixels:
         return None
     return (
         f"is a {header.width}x{header.height} {kind} ({header.pixels} pixels),"
-        f" more than the limit {MAX_IMAGE_PIXELS}"
+        f" more than the limit {max_pixels}"
     )
-
-
-def _check_shape(alias: str, shape: tuple[int, ...], info: meta_graph_pb2.TensorInfo) -> None:
-    if info.tensor_shape.unknown_rank:
-        return
-    expected = [dim.size for dim in info.tensor_shape.dim]
-    fits = len(shape) == len(expected) and all(
-        want < 0 or want == got for want, got in zip(expected, shape, strict=True)
-    )
-    if not fits:
-        raise invalid_argument(
-            f"input {alias} has shape {list(shape)}, but the signature expects {expected}"
-            " (-1: any size)"
-        )
 
 
 def _output_aliases(signature: meta_graph_pb2.SignatureDef, output_filter) -> tuple[str, ...]:

@@ -17,9 +17,16 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from importlib.metadata import version
+from pathlib import Path
+from typing import TypeVar
 
 import grpc
+import tensorflow as tf
 import uvicorn
+from google.protobuf import text_format
+from google.protobuf.message import Message
+from tensorflow.core.protobuf import config_pb2
 
 from service.model_server.batching import BatchingOptions, BatchScheduler
 from service.model_server.config import (
@@ -34,8 +41,9 @@ from service.model_server.core import ModelServerCore
 from service.model_server.grpc_api import add_services, set_health
 from service.model_server.manager import ModelManager, load_servable
 from service.model_server.metrics import ServerMetrics
-from service.model_server.options import ServerOptions
+from service.model_server.options import ServerOptions, no_effect_message
 from service.model_server.rest import create_app
+from service.model_server.server_config_pb2 import SSLConfig
 from service.model_server.status import ServingError
 
 log = logging.getLogger(__name__)
@@ -116,6 +124,74 @@ def _grpc_options(options: ServerOptions) -> list[tuple[str, int | str]]:
     return args
 
 
+def _grpc_addresses(options: ServerOptions) -> list[str]:
+    addresses = [f"{options.host}:{options.port}"]
+    if options.grpc_socket_path:
+        addresses.append(f"unix:{options.grpc_socket_path}")
+    return addresses
+
+
+def _server_credentials(path: Path | None) -> grpc.ServerCredentials | None:
+    """TLS for the gRPC listeners from ``--ssl_config_file``; ``None``: plain text."""
+    if path is None:
+        return None
+    ssl = _read_text_proto(path, SSLConfig())
+    if ssl.client_verify and not ssl.custom_ca:
+        raise ConfigError(f"{path}: client_verify needs custom_ca to check client certificates")
+    log.info("Using SSL credentials")
+    return grpc.ssl_server_credentials(
+        [(ssl.server_key.encode(), ssl.server_cert.encode())],
+        root_certificates=ssl.custom_ca.encode() or None,
+        require_client_auth=ssl.client_verify,
+    )
+
+
+def _configure_threads(options: ServerOptions) -> None:
+    """Size TensorFlow's thread pools before any op runs, as TensorFlow Serving's flags do.
+
+    ``--tensorflow_session_config_file`` gives the thread counts; the parallelism flags,
+    when set, win over it.
+    """
+    session = config_pb2.ConfigProto()
+    if options.tensorflow_session_config_file is not None:
+        session = _read_text_proto(options.tensorflow_session_config_file, session)
+        threads = {"intra_op_parallelism_threads", "inter_op_parallelism_threads"}
+        ignored = sorted(f.name for f, _ in session.ListFields() if f.name not in threads)
+        if ignored:
+            log.info(
+                "--tensorflow_session_config_file: %s has no effect: only the thread counts"
+                " apply to this server",
+                ", ".join(ignored),
+            )
+    intra = session.intra_op_parallelism_threads
+    inter = session.inter_op_parallelism_threads
+    if options.tensorflow_intra_op_parallelism or options.tensorflow_inter_op_parallelism:
+        intra = options.tensorflow_intra_op_parallelism or intra
+        inter = options.tensorflow_inter_op_parallelism or inter
+    elif options.tensorflow_session_parallelism:
+        intra = inter = options.tensorflow_session_parallelism
+    if intra > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+    if inter > 0:
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    if intra > 0 or inter > 0:
+        log.info(
+            "TensorFlow threads: intra-op %d, inter-op %d (0: TensorFlow's choice)",
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+        )
+
+
+_Message = TypeVar("_Message", bound=Message)
+
+
+def _read_text_proto(path: Path, message: _Message) -> _Message:
+    try:
+        return text_format.Parse(path.read_text(), message)
+    except (OSError, text_format.ParseError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+
+
 def _start_manager(options: ServerOptions) -> ModelManager:
     """A manager holding the initial config, which nothing has loaded yet.
 
@@ -125,7 +201,11 @@ def _start_manager(options: ServerOptions) -> ModelManager:
             refuses to start then too.
     """
     manager = ModelManager(
-        partial(load_servable, warmup=options.enable_model_warmup),
+        partial(
+            load_servable,
+            warmup=options.enable_model_warmup,
+            max_image_pixels=options.max_image_pixels,
+        ),
         allow_version_labels_for_unavailable_models=(
             options.allow_version_labels_for_unavailable_models
         ),
@@ -158,7 +238,9 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
         max_workers=max(4, os.cpu_count() or 1), thread_name_prefix="model"
     )
     metrics = ServerMetrics()
-    core = ModelServerCore(manager, executor, metrics)
+    core = ModelServerCore(
+        manager, executor, metrics, check_method_name=options.enable_signature_method_name_check
+    )
     batcher = None
     if batching is not None:
         batcher = BatchScheduler(batching, executor, on_batch=core.record_batch)
@@ -167,14 +249,21 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
     grpc_server = grpc.aio.server(options=_grpc_options(options))
     health = add_services(grpc_server, core, options.enable_grpc_healthcheck_service)
     await set_health(health, serving=False)
-    grpc_server.add_insecure_port(f"{options.host}:{options.port}")
+    credentials = _server_credentials(options.ssl_config_file)
+    for address in _grpc_addresses(options):
+        if credentials is None:
+            grpc_server.add_insecure_port(address)
+        else:
+            grpc_server.add_secure_port(address, credentials)
     await grpc_server.start()
     log.info("Running gRPC ModelServer at %s:%d ...", options.host, options.port)
+    if options.grpc_socket_path:
+        log.info("Running gRPC ModelServer at UNIX socket %s ...", options.grpc_socket_path)
 
     rest = None
     rest_task = None
     if options.rest_api_port:
-        app = create_app(core, monitoring_path)
+        app = create_app(core, monitoring_path, cors=options.rest_api_enable_cors_support)
         config = uvicorn.Config(
             app,
             host=options.host,
@@ -217,7 +306,14 @@ def run(options: ServerOptions) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if options.version:
+        print(f"TensorFlow ModelServer: ftserve {version('ftserve')}")
+        print(f"TensorFlow Library: {tf.__version__}")
+        return 0
+    for name in options.no_effect_flags:
+        log.info("%s", no_effect_message(name))
     try:
+        _configure_threads(options)
         asyncio.run(serve(options))
     except ConfigError as exc:
         log.error("%s", exc)

@@ -173,7 +173,7 @@ def validate_image(data: bytes, max_pixels: int) -> str | None:
     """
     kind = image_kind(data)
     if kind is None:
-        return "not a JPEG, PNG, GIF or BMP image"
+        return "not a JPEG, PNG, GIF, BMP or WebP image"
     try:
         _, width, height = read_header(data, kind)
     except BombHeaderError:

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 
 def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
-    """JPEG, PNG, GIF (first frame) or BMP bytes → uint8 RGB [height, width, 3]."""
+    """JPEG, PNG, GIF (first frame), BMP or WebP bytes → uint8 RGB [height, width, 3]."""
     return tf.io.decode_image(image_bytes, channels=3, expand_animations=False, dtype=tf.uint8)
 
 

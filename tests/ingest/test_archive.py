@@ -519,7 +519,7 @@ def test_png_over_pixel_limit_is_rejected_with_its_dimensions(tmp_path: Path) ->
     assert_nothing_left(destination)
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "GIF", "BMP", "PNG"])
+@pytest.mark.parametrize("fmt", ["JPEG", "GIF", "BMP", "PNG", "WEBP"])
 def test_each_image_format_is_checked_against_pixel_limit(tmp_path: Path, fmt: str) -> None:
     archive = make_tar(tmp_path / "data.tar", {"cats/big.img": image_bytes(fmt, (40, 30))})
     destination = tmp_path / "out"

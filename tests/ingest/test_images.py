@@ -29,6 +29,7 @@ from service.ingest.images import (
     UnreadableHeaderError,
     image_kind,
     read_header,
+    unsized_kind,
 )
 from tests.support.images import (
     COMMENT,
@@ -38,18 +39,23 @@ from tests.support.images import (
     bomb_gif,
     frame,
     gif,
+    jpeg_xl_declaring,
     lzw_zeros,
     png_header_only,
     png_pillow_cannot_read,
+    riff_webp,
+    vp8l_solid,
+    webp_canvas_only,
+    webp_lossy_declaring,
+    webp_solid,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-# The LZW data of one pixel of colour 0: minimum code size 2, then clear, 0, end of data.
-def pillow_image(fmt: str, size: tuple[int, int]) -> bytes:
+def pillow_image(fmt: str, size: tuple[int, int], **options: object) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", size, (10, 200, 30)).save(buffer, format=fmt)
+    Image.new("RGB", size, (10, 200, 30)).save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
 
@@ -239,6 +245,96 @@ def test_gif_of_tiny_data_blocks_is_refused_in_bounded_time():
     with pytest.raises(BombHeaderError, match="data blocks"):
         read_header(gif((1, 1), frame(0, 0, 1, 1, tiny_blocks)), "GIF")
     assert time.perf_counter() - start < 5
+
+
+def test_gif_of_empty_extensions_is_refused_in_bounded_time():
+    # An extension with no data sub-block is a block too: it still costs a step to walk.
+    start = time.perf_counter()
+    with pytest.raises(BombHeaderError, match="data blocks"):
+        read_header(gif((1, 1), b"\x21\xfe\x00" * (MAX_GIF_BLOCKS + 1)), "GIF")
+    assert time.perf_counter() - start < 5
+
+
+def test_any_gif8_signature_is_a_gif():
+    # TensorFlow hands any "GIF8" to giflib, which checks only "GIF": a GIF80a bomb decodes.
+    data = b"GIF80a" + bomb_gif()[6:]
+    assert header_of(data) == ImageHeader("GIF", 30_000, 30_000)
+
+
+# -- WebP: the size libwebp reports ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "chunk"),
+    [
+        ({"lossless": False}, b"VP8 "),
+        ({"lossless": True}, b"VP8L"),
+        ({"exif": b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x00\x00"}, b"VP8X"),
+    ],
+    ids=["lossy", "lossless", "extended"],
+)
+def test_pillow_webp_keeps_its_size(options: dict[str, object], chunk: bytes):
+    data = pillow_image("WEBP", (40, 30), **options)
+    assert data[12:16] == chunk
+    assert header_of(data) == ImageHeader("WebP", 40, 30)
+
+
+def test_lossless_webp_of_one_colour_is_tiny_at_any_size():
+    # A real image: Pillow decodes the small one to its colour, libwebp the big one to 768 MB.
+    with Image.open(io.BytesIO(webp_solid(40, 30, (10, 200, 30)))) as image:
+        assert (image.size, image.getpixel((39, 29))) == ((40, 30), (10, 200, 30))
+    data = webp_solid(16_384, 16_384)
+    assert len(data) == 32
+    assert header_of(data) == ImageHeader("WebP", 16_384, 16_384)
+
+
+def test_webp_canvas_declared_with_no_image_behind_it_counts():
+    # libwebp reports an extended file's canvas before it looks for the image.
+    data = webp_canvas_only(30_000, 20_000)
+    assert len(data) == 30
+    assert header_of(data) == ImageHeader("WebP", 30_000, 20_000)
+
+
+def test_lossy_webp_is_sized_by_its_frame_header():
+    assert header_of(webp_lossy_declaring(9000, 8000)) == ImageHeader("WebP", 9000, 8000)
+
+
+def test_webp_bitstream_without_a_chunk_header_is_sized_as_libwebp_reads_it():
+    bare = b"RIFF" + struct.pack("<I", 16) + b"WEBP" + vp8l_solid(300, 200)
+    assert header_of(bare) == ImageHeader("WebP", 300, 200)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"RIFF\x04\x00\x00\x00WEBP",  # nothing after the signature
+        webp_canvas_only(300, 200)[:27],  # the canvas cut short
+        riff_webp((b"VP8 ", b"\x00" * 10)),  # no start code
+        riff_webp((b"VP8L", b"\x2f\x00\x00\x00\xe0")),  # a version libwebp refuses
+        riff_webp((b"ALPH", b"\x00" * 10)),  # an optional chunk without VP8X first
+    ],
+    ids=["signature", "canvas", "start-code", "version", "alpha-first"],
+)
+def test_webp_header_libwebp_refuses_is_unreadable(data: bytes):
+    with pytest.raises(UnreadableHeaderError, match="unreadable WebP header"):
+        read_header(data, "WebP")
+
+
+def test_webp_is_read_from_a_file(tmp_path: Path):
+    path = tmp_path / "big.webp"
+    path.write_bytes(webp_canvas_only(30_000, 20_000))
+    assert read_header(path, "WebP") == ImageHeader("WebP", 30_000, 20_000)
+
+
+def test_riff_that_is_not_webp_is_no_image():
+    assert image_kind(b"RIFF\x24\x00\x00\x00WAVEfmt ") is None
+
+
+def test_jpeg_xl_is_a_kind_whose_size_is_not_read():
+    # TensorFlow decodes JPEG XL; nothing here parses its header, so it is refused instead.
+    for data in (jpeg_xl_declaring(9000, 8000), b"\x00\x00\x00\x0cJXL \r\n\x87\n" + bytes(20)):
+        assert (image_kind(data[:12]), unsized_kind(data[:12])) == (None, "JPEG XL")
+    assert unsized_kind(pillow_image("JPEG", (4, 4))[:12]) is None
 
 
 # -- the archive extractor follows -----------------------------------------------------------

@@ -160,7 +160,7 @@ def test_bytes_that_are_not_an_image_are_not_an_image_error(server, template: Te
     assert error.to_dict() == {
         "error": {
             "code": "not_an_image",
-            "message": "An instance is not a JPEG, PNG, GIF or BMP image",
+            "message": "An instance is not a JPEG, PNG, GIF, BMP or WebP image",
         }
     }
 

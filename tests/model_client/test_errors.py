@@ -46,13 +46,13 @@ def mapped(code: grpc.StatusCode, details: str) -> errors.FtserveError:
             Code.INVALID_ARGUMENT,
             "Unknown image file format. One of JPEG, PNG, GIF, BMP required.\n\t [[{{node x}}]]",
             errors.NotAnImageError,
-            "An instance is not a JPEG, PNG, GIF or BMP image",
+            "An instance is not a JPEG, PNG, GIF, BMP or WebP image",
         ),
         (
             Code.INVALID_ARGUMENT,
             "Invalid JPEG data or crop window, data size 12",
             errors.NotAnImageError,
-            "An instance is not a JPEG, PNG, GIF or BMP image",
+            "An instance is not a JPEG, PNG, GIF, BMP or WebP image",
         ),
         (
             Code.INVALID_ARGUMENT,

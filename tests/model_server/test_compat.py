@@ -174,11 +174,13 @@ def test_wrong_dtype_is_invalid_argument(server):
     assert "string" in error.details() and "float" in error.details()
 
 
-def test_wrong_shape_is_invalid_argument(server):
+def test_a_shape_the_graph_cannot_use_is_invalid_argument(server):
+    # As TF Serving, the declared shape is not checked up front: TensorFlow refuses an
+    # image without its batch dimension when it runs the convolution.
     request = predict_pb2.PredictRequest()
     request.model_spec.name = MODEL
     request.model_spec.signature_name = "serving_tensor"
-    request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 8, 8, 3), np.float32)))
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.zeros((8, 8, 3), np.float32)))
     error = rpc_error(server.predict_stub.Predict, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
 

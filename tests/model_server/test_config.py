@@ -244,7 +244,10 @@ def test_syntax_error_names_the_file_and_the_position(tmp_path: Path):
     with pytest.raises(ConfigError) as info:
         read_model_server_config(path)
 
-    assert str(info.value) == f'cannot read {path}: 1:51 : Expected "}}".'
+    assert str(info.value) == (
+        f"cannot read {path}: Error parsing text-format tensorflow.serving.ModelServerConfig:"
+        ' 1:51 : Expected "}".'
+    )
 
 
 def test_unknown_field_names_the_field(tmp_path: Path):
@@ -254,7 +257,8 @@ def test_unknown_field_names_the_field(tmp_path: Path):
         read_model_server_config(path)
 
     assert str(info.value) == (
-        f"cannot read {path}: 1:40 : Message type"
+        f"cannot read {path}: Error parsing text-format tensorflow.serving.ModelServerConfig:"
+        " 1:40 : Message type"
         ' "tensorflow.serving.ModelConfig" has no field named "bse_path".'
     )
 
@@ -366,7 +370,10 @@ def test_unknown_batching_field_is_a_config_error(tmp_path: Path):
     with pytest.raises(ConfigError) as info:
         read_batching_parameters(path)
 
-    assert str(info.value).startswith(f"cannot read {path}: 1:1 : ")
+    assert str(info.value).startswith(
+        f"cannot read {path}: Error parsing text-format ftserve.model_server.BatchingParameters:"
+        " 1:1 : "
+    )
     assert 'has no field named "max_batch_sizes"' in str(info.value)
 
 
@@ -414,4 +421,6 @@ def test_invalid_monitoring_file_is_a_config_error(tmp_path: Path):
     with pytest.raises(ConfigError) as info:
         prometheus_path(path)
 
-    assert str(info.value).startswith(f"cannot read {path}: 1:")
+    assert str(info.value).startswith(
+        f"cannot read {path}: Error parsing text-format ftserve.model_server.MonitoringConfig: 1:"
+    )

@@ -1,8 +1,9 @@
 """``ftserve model-server`` refuses encoded images whose headers declare too many pixels.
 
 A Predict request is as untrusted as an upload: TensorFlow's decoders allocate the canvas a
-header declares before reading a pixel. The bomb here is real (a 600 KB GIF that decodes to
-3.4 GiB), so the server's peak memory shows whether it was decoded.
+header declares before reading a pixel. The bombs here are real where they can be small (a
+600 KB GIF that decodes to 3.4 GiB, a 32-byte WebP to 768 MiB and more), so the server's
+peak memory shows whether one was decoded. The limit is ``--max_image_pixels``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from service.ingest.images import image_kind
 from tests.model_server.conftest import (
     FTSERVE,
     MODEL,
@@ -24,7 +26,18 @@ from tests.model_server.conftest import (
     outputs,
     repo_flags,
 )
-from tests.support.images import bomb_gif, png_header_only, png_pillow_cannot_read
+from tests.support.images import (
+    bmp_declaring,
+    bomb_gif,
+    jpeg_declaring,
+    jpeg_xl_declaring,
+    png_header_only,
+    png_pillow_cannot_read,
+    riff_webp,
+    webp_canvas_only,
+    webp_lossy_declaring,
+    webp_solid,
+)
 
 GiB = 1024**3
 BOMB_REFUSED = (
@@ -99,6 +112,63 @@ def test_png_whose_header_pillow_cannot_read_is_invalid_argument(server):
     )
 
 
+def refused_as_too_large(size: str, kind: str, pixels: int, limit: int = 40_000_000):
+    return (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"input image_bytes[0] is a {size} {kind} ({pixels} pixels), more than the limit {limit}",
+    )
+
+
+DECLARING_TOO_MUCH = {
+    "jpeg": (jpeg_declaring(9000, 8000), refused_as_too_large("9000x8000", "JPEG", 72_000_000)),
+    "bmp": (bmp_declaring(9000, 8000), refused_as_too_large("9000x8000", "BMP", 72_000_000)),
+    "bmp-top-down": (
+        bmp_declaring(9000, -8000),
+        refused_as_too_large("9000x8000", "BMP", 72_000_000),
+    ),
+    "webp-lossy": (
+        webp_lossy_declaring(9000, 8000),
+        refused_as_too_large("9000x8000", "WebP", 72_000_000),
+    ),
+    "webp-canvas": (
+        webp_canvas_only(30_000, 20_000),
+        refused_as_too_large("30000x20000", "WebP", 600_000_000),
+    ),
+    "gif80a": (
+        b"GIF80a" + bomb_gif()[6:],
+        refused_as_too_large("30000x30000", "GIF", 900_000_000),
+    ),
+}
+
+
+@pytest.mark.parametrize(("image", "refused"), DECLARING_TOO_MUCH.values(), ids=DECLARING_TOO_MUCH)
+def test_image_declaring_too_many_pixels_is_invalid_argument(server, image: bytes, refused):
+    assert grpc_refusal(server, [image]) == refused
+
+
+def test_real_webp_bomb_is_invalid_argument_and_never_decoded(server, idle_peak: int):
+    # 32 bytes; decoding it takes libwebp 1.8 GiB.
+    assert grpc_refusal(server, [webp_solid(16_384, 16_384)]) == refused_as_too_large(
+        "16384x16384", "WebP", 268_435_456
+    )
+    assert peak_rss(server) < idle_peak + GiB
+
+
+def test_jpeg_xl_is_refused_as_its_size_is_not_judged(server):
+    assert grpc_refusal(server, [jpeg_xl_declaring(9000, 8000)]) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input image_bytes[0] is a JPEG XL image, which is refused: its size is not judged",
+    )
+
+
+def test_webp_whose_header_cannot_be_read_is_invalid_argument(server):
+    assert grpc_refusal(server, [riff_webp((b"VP8 ", bytes(10)))]) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input image_bytes[0] starts like a WebP but its header is damaged, so it cannot be"
+        " decoded",
+    )
+
+
 @pytest.mark.parametrize("value", [b"not an image", b"BMW is not a bitmap", b"GIF89a\x01"])
 def test_bytes_that_are_no_image_are_still_left_to_the_model(server, value: bytes):
     code, details = grpc_refusal(server, [value])
@@ -117,3 +187,35 @@ def test_the_server_still_answers_normal_images_afterwards(server, idle_peak, te
     assert response.status_code == 200, response.text
     assert len(response.json()["predictions"]) == 3
     assert peak_rss(server) < idle_peak + GiB
+
+
+# -- --max_image_pixels ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def strict_server(
+    tmp_path_factory: pytest.TempPathFactory, template: Template
+) -> Iterator[ServerProcess]:
+    """A server whose limit is below the size of the template's 32x32 images.
+
+    Warmup requests are judged by the limit too: these, of such images, would fail the load.
+    """
+    root = tmp_path_factory.mktemp("strict-image-limits")
+    add_version(root / "repo", template.version_dir)
+    flags = [*repo_flags(root / "repo"), "--max_image_pixels=1000", "--enable_model_warmup=false"]
+    process = ServerProcess(FTSERVE, flags, root / "server.log")
+    process.wait_for_version(1)
+    yield process
+    process.stop()
+
+
+def test_a_lower_max_image_pixels_refuses_what_the_default_serves(
+    server, strict_server, template: Template
+):
+    image = template.image()
+    answer = outputs(server.predict_stub.Predict(image_request([image]), timeout=60))
+    assert answer["probabilities"].shape == (1, 3)
+
+    assert grpc_refusal(strict_server, [image]) == refused_as_too_large(
+        "32x32", str(image_kind(image)), 1024, limit=1000
+    )

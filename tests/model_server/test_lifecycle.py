@@ -209,7 +209,9 @@ def test_sigterm_finishes_requests_in_flight(start_server, tmp_path, template):
     threads = [threading.Thread(target=call) for _ in range(12)]
     for thread in threads:
         thread.start()
-    time.sleep(0.5)
+    # Long enough for all twelve calls to reach the server on a busy machine, short of the
+    # seconds they take to run.
+    time.sleep(2.0)
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     for thread in threads:

@@ -13,7 +13,13 @@ import pytest
 import tensorflow as tf
 
 from service.model_server.config import VersionPolicy
-from service.model_server.manager import ModelManager, State, load_servable, versions_on_disk
+from service.model_server.manager import (
+    ModelManager,
+    State,
+    load_servable,
+    version_dirs,
+    versions_on_disk,
+)
 from service.model_server.servable import Servable
 from service.model_server.status import ServingError
 from tests.model_server.tiny_repo import (
@@ -52,6 +58,25 @@ def test_versions_on_disk_are_numeric_dirs_with_a_graph_oldest_first(repo: Repo)
 
 def test_missing_base_path_has_no_versions(tmp_path: Path):
     assert versions_on_disk(tmp_path / "nowhere") == []
+
+
+def test_zero_padded_folder_is_its_number_and_loads_from_itself(manager: ModelManager, repo: Repo):
+    shutil.copytree(repo.source, repo.base / "00000123")
+    configure(manager, settings(repo.base))
+
+    manager.poll()
+
+    assert version_dirs(repo.base) == {123: repo.base / "00000123"}
+    with manager.acquire(spec()) as servable:
+        assert (servable.version, servable.path) == (123, repo.base / "00000123")
+
+
+def test_plain_folder_wins_over_padded_spellings_of_its_version(repo: Repo):
+    for name in ("0007", "7", "007", "00000008"):
+        shutil.copytree(repo.source, repo.base / name)
+
+    assert version_dirs(repo.base) == {7: repo.base / "7", 8: repo.base / "00000008"}
+    assert versions_on_disk(repo.base) == [7, 8]
 
 
 def test_staging_incomplete_and_file_entries_are_not_loaded(manager: ModelManager, repo: Repo):

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from service.model_server.options import (
+    DEFAULT_MAX_IMAGE_PIXELS,
     GRPC_MAX_MESSAGE_BYTES,
     ServerOptions,
     add_arguments,
+    no_effect_message,
     options_from_args,
     parse_options,
 )
@@ -23,12 +25,8 @@ IGNORED_FLAGS = [
     "num_unload_threads",
     "max_num_load_retries",
     "load_retry_interval_micros",
-    "tensorflow_session_parallelism",
-    "tensorflow_intra_op_parallelism",
-    "tensorflow_inter_op_parallelism",
-    "platform_config_file",
-    "saved_model_tags",
     "grpc_max_threads",
+    "num_tflite_pools",
     "num_request_iterations_for_warmup",
 ]
 
@@ -202,8 +200,10 @@ def test_bad_boolean_value_exits_with_usage_error(value: str, capsys: pytest.Cap
 
 @pytest.mark.parametrize("name", IGNORED_FLAGS)
 def test_ignored_tensorflow_serving_flag_is_accepted_and_changes_nothing(name: str):
-    assert parse_options([BASE, f"--{name}=4"]) == ServerOptions(model_base_path="/models/m")
-    assert parse_options([BASE, f"--{name}", "4"]) == ServerOptions(model_base_path="/models/m")
+    expected = ServerOptions(model_base_path="/models/m", no_effect_flags=(name,))
+
+    assert parse_options([BASE, f"--{name}=4"]) == expected
+    assert parse_options([BASE, f"--{name}", "4"]) == expected
 
 
 def test_ignored_flags_with_string_values_are_accepted():
@@ -211,7 +211,49 @@ def test_ignored_flags_with_string_values_are_accepted():
         [BASE, "--saved_model_tags=serve,gpu", "--platform_config_file=/etc/platform.config"]
     )
 
-    assert options == ServerOptions(model_base_path="/models/m")
+    assert options == ServerOptions(
+        model_base_path="/models/m",
+        no_effect_flags=("platform_config_file", "saved_model_tags"),
+    )
+
+
+def test_no_effect_boolean_flag_takes_tensorflow_boolean_syntax():
+    options = parse_options([BASE, "--enable_profiler", "--skip_initialize_tpu=false"])
+
+    assert options.no_effect_flags == ("enable_profiler", "skip_initialize_tpu")
+    assert no_effect_message("skip_initialize_tpu") == (
+        "--skip_initialize_tpu has no effect: this server runs on the CPU"
+    )
+
+
+def test_thread_flags_parse_as_integers():
+    options = parse_options(
+        [BASE, "--tensorflow_intra_op_parallelism=2", "--tensorflow_inter_op_parallelism=1"]
+    )
+
+    assert (options.tensorflow_intra_op_parallelism, options.tensorflow_inter_op_parallelism) == (
+        2,
+        1,
+    )
+    assert options.tensorflow_session_parallelism == 0
+
+
+def test_all_three_thread_flags_are_a_value_error():
+    with pytest.raises(ValueError, match="not all three"):
+        options_from_args(
+            parsed_args(
+                [
+                    BASE,
+                    "--tensorflow_session_parallelism=1",
+                    "--tensorflow_intra_op_parallelism=1",
+                    "--tensorflow_inter_op_parallelism=1",
+                ]
+            )
+        )
+
+
+def test_version_needs_no_model():
+    assert parse_options(["--version"]) == ServerOptions(version=True)
 
 
 def test_unknown_flag_exits_with_usage_error(capsys: pytest.CaptureFixture):
@@ -271,3 +313,32 @@ def test_batching_file_with_batching_enabled_is_accepted():
 
     assert options.enable_batching is True
     assert options.batching_parameters_file == Path("/etc/batching.config")
+
+
+def test_max_image_pixels_defaults_to_the_apis_image_limit():
+    assert parse_options([BASE]).max_image_pixels == DEFAULT_MAX_IMAGE_PIXELS == 40_000_000
+
+
+@pytest.mark.parametrize("argv", [["--max_image_pixels=1000"], ["--max_image_pixels", "1000"]])
+def test_max_image_pixels_sets_the_limit(argv: list[str]):
+    options = parse_options([BASE, *argv])
+
+    assert options == ServerOptions(model_base_path="/models/m", max_image_pixels=1000)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "error: --max_image_pixels must be > 0"),
+        ("-5", "error: --max_image_pixels must be > 0"),
+        ("lots", "argument --max_image_pixels: invalid int value: 'lots'"),
+    ],
+)
+def test_max_image_pixels_that_is_not_a_positive_number_is_a_usage_error(
+    value: str, message: str, capsys: pytest.CaptureFixture
+):
+    with pytest.raises(SystemExit) as info:
+        parse_options([BASE, f"--max_image_pixels={value}"])
+
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err

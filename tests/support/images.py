@@ -1,11 +1,15 @@
 """Hand-made image bytes for the decompression-bomb tests: GIFs with frames larger than their
-screen, PNG headers without pixels, PNGs Pillow refuses but libpng decodes."""
+screen, PNG, JPEG, BMP, WebP and JPEG XL headers declaring sizes their data does not hold,
+PNGs Pillow refuses but libpng decodes, and lossless WebPs of any size in 32 bytes."""
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from functools import cache
+
+from PIL import Image
 
 ONE_PIXEL = b"\x02\x02\x44\x01\x00"
 GRAPHIC_CONTROL = b"\x21\xf9\x04\x00\x0a\x00\x00\x00"  # a 0.1 s delay
@@ -109,3 +113,94 @@ def png_pillow_cannot_read(width: int, height: int) -> bytes:
         + chunk(b"IDAT", zlib.compress(rows, 9))
         + chunk(b"IEND", b"")
     )
+
+
+# -- WebP, JPEG, BMP and JPEG XL headers -----------------------------------------------------
+
+
+def bits_le(fields: list[tuple[int, int]]) -> bytes:
+    """``(value, width)`` fields packed least significant bit first, as VP8L and JPEG XL do."""
+    packed = filled = 0
+    for value, width in fields:
+        packed |= value << filled
+        filled += width
+    return packed.to_bytes((filled + 7) // 8, "little")
+
+
+def riff_webp(*chunks: tuple[bytes, bytes]) -> bytes:
+    """A WebP file of ``(tag, payload)`` chunks."""
+    body = b"".join(
+        tag + struct.pack("<I", len(data)) + data + b"\x00" * (len(data) % 2)
+        for tag, data in chunks
+    )
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+
+
+def vp8l_solid(width: int, height: int, rgb: tuple[int, int, int] = (10, 200, 30)) -> bytes:
+    """A lossless bitstream of one colour: each of its five prefix codes has a single symbol,
+    which costs no bits, so any size up to 16384x16384 takes 12 bytes."""
+    red, green, blue = rgb
+    header = [(0x2F, 8), (width - 1, 14), (height - 1, 14), (0, 1), (0, 3)]
+    # No transform, no colour cache, no meta prefix codes.
+    flags = [(0, 1), (0, 1), (0, 1)]
+    # Simple prefix codes of one 8-bit symbol: green, red, blue, alpha; then the distance
+    # code's one 1-bit symbol.
+    codes = [field for symbol in (green, red, blue, 255) for field in _one_symbol(symbol, 8)]
+    codes += _one_symbol(0, 1)
+    return bits_le(header + flags + codes)
+
+
+def _one_symbol(symbol: int, width: int) -> list[tuple[int, int]]:
+    return [(1, 1), (0, 1), (int(width == 8), 1), (symbol, width)]
+
+
+def webp_solid(width: int, height: int, rgb: tuple[int, int, int] = (10, 200, 30)) -> bytes:
+    """A real lossless WebP of one colour: 32 bytes however large (libwebp decodes it)."""
+    return riff_webp((b"VP8L", vp8l_solid(width, height, rgb)))
+
+
+def webp_canvas_only(width: int, height: int) -> bytes:
+    """An extended WebP (VP8X) declaring a canvas, with no image after it.
+
+    libwebp reports the canvas all the same, and TensorFlow allocates it before failing.
+    """
+    canvas = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    return riff_webp((b"VP8X", bytes(4) + canvas))
+
+
+def webp_lossy_declaring(width: int, height: int) -> bytes:
+    """A small lossy WebP from Pillow whose VP8 frame header declares ``width`` x ``height``."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(buffer, format="WEBP", lossless=False)
+    data = bytearray(buffer.getvalue())
+    assert data[12:16] == b"VP8 " and data[23:26] == b"\x9d\x01\x2a"
+    struct.pack_into("<HH", data, 26, width, height)
+    return bytes(data)
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A small baseline JPEG from Pillow whose frame header (SOF0) declares another size."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    return bytes(data)
+
+
+def bmp_declaring(width: int, height: int) -> bytes:
+    """A 24-bit BMP header declaring ``width`` x ``height``, with one row of pixels behind it."""
+    pixels = bytes((3 * width + 3) // 4 * 4)
+    header = struct.pack("<2sIHHI", b"BM", 54 + len(pixels), 0, 0, 54)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return header + info + pixels
+
+
+def jpeg_xl_declaring(width: int, height: int) -> bytes:
+    """A JPEG XL codestream header declaring ``width`` x ``height`` (each up to 2**18).
+
+    The size header: not a multiple of 8, the height in 18 bits, no aspect ratio, the width
+    in 18 bits; then default image metadata. libjxl reads the size from this alone.
+    """
+    size = [(0, 1), (2, 2), (height - 1, 18), (0, 3), (2, 2), (width - 1, 18), (1, 1)]
+    return b"\xff\x0a" + bits_le(size) + bytes(16)

@@ -84,8 +84,8 @@ def test_corrupt_and_non_image_files_are_skipped_with_reasons(tmp_path, settings
 
     reasons = {s.path: s.reason for s in index.skipped}
     assert set(reasons) == {"a/notes.txt", "b/broken.jpg", "b/empty.png", "stray.png"}
-    assert reasons["a/notes.txt"] == "not a JPEG, PNG, GIF or BMP image"
-    assert reasons["b/empty.png"] == "not a JPEG, PNG, GIF or BMP image"
+    assert reasons["a/notes.txt"] == "not a JPEG, PNG, GIF, BMP or WebP image"
+    assert reasons["b/empty.png"] == "not a JPEG, PNG, GIF, BMP or WebP image"
     assert reasons["b/broken.jpg"].startswith(("cannot decode JPEG", "unreadable JPEG"))
     assert reasons["stray.png"] == "not inside a class folder"
     assert index.class_counts == {"a": 2, "b": 2}

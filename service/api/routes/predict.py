@@ -54,7 +54,7 @@ _PREDICT_BODY: dict[str, Any] = {
                         FILES_FIELD: {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
-                            "description": "JPEG, PNG, GIF or BMP images, one part each.",
+                            "description": "JPEG, PNG, GIF, BMP or WebP images, one part each.",
                         },
                     },
                 }
