@@ -17,15 +17,19 @@ from typing import TypeVar
 import grpc
 import numpy as np
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_management_pb2,
     model_pb2,
     predict_pb2,
+    regression_pb2,
     status_pb2,
 )
 from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
+from service.model_server import inference
 from service.model_server.batching import BatchScheduler
 from service.model_server.config import ConfigError, model_settings
 from service.model_server.manager import ModelManager, VersionRecord
@@ -66,6 +70,28 @@ class ModelServerCore:
     ) -> predict_pb2.PredictResponse:
         return await self._measured(
             request.model_spec.name, "predict", entrypoint, partial(self._predict, request)
+        )
+
+    async def classify(
+        self, request: classification_pb2.ClassificationRequest, entrypoint: str
+    ) -> classification_pb2.ClassificationResponse:
+        return await self._measured(
+            request.model_spec.name, "Classify", entrypoint, partial(self._classify, request)
+        )
+
+    async def regress(
+        self, request: regression_pb2.RegressionRequest, entrypoint: str
+    ) -> regression_pb2.RegressionResponse:
+        return await self._measured(
+            request.model_spec.name, "Regress", entrypoint, partial(self._regress, request)
+        )
+
+    async def multi_inference(
+        self, request: inference_pb2.MultiInferenceRequest, entrypoint: str
+    ) -> inference_pb2.MultiInferenceResponse:
+        model = request.tasks[0].model_spec.name if request.tasks else ""
+        return await self._measured(
+            model, "MultiInference", entrypoint, partial(self._multi_inference, request)
         )
 
     async def get_model_metadata(
@@ -140,6 +166,75 @@ class ModelServerCore:
             return await loop.run_in_executor(self._executor, run, prepared.inputs)
         key = (servable.name, servable.version, prepared.signature_name)
         return await self.batcher.submit(key, prepared.inputs, run)
+
+    async def _classify(
+        self, request: classification_pb2.ClassificationRequest
+    ) -> classification_pb2.ClassificationResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        with self.manager.acquire(request.model_spec) as servable:
+            task = inference.classify_task(
+                servable.signature_defs, request.model_spec, self.check_method_name
+            )
+            examples = inference.serialized_examples(request.input)
+            outputs = await self._run_examples(servable, task, examples)
+            return classification_pb2.ClassificationResponse(
+                model_spec=inference.echoed_spec(servable.name, task, servable.version),
+                result=inference.classification_result(task, len(examples), outputs),
+            )
+
+    async def _regress(
+        self, request: regression_pb2.RegressionRequest
+    ) -> regression_pb2.RegressionResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        with self.manager.acquire(request.model_spec) as servable:
+            task = inference.regress_task(
+                servable.signature_defs, request.model_spec, self.check_method_name
+            )
+            examples = inference.serialized_examples(request.input)
+            outputs = await self._run_examples(servable, task, examples)
+            return regression_pb2.RegressionResponse(
+                model_spec=inference.echoed_spec(servable.name, task, servable.version),
+                result=inference.regression_result(task, len(examples), outputs),
+            )
+
+    async def _multi_inference(
+        self, request: inference_pb2.MultiInferenceRequest
+    ) -> inference_pb2.MultiInferenceResponse:
+        # The version is the first task's; the others must name the same model.
+        first = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
+        with self.manager.acquire(first) as servable:
+            tasks = inference.multi_inference_tasks(
+                request.tasks, servable.signature_defs, self.check_method_name
+            )
+            examples = inference.serialized_examples(request.input)
+            # TensorFlow Serving runs the union of the tasks' outputs in one session run;
+            # a servable runs one signature at a time, so each task runs on its own, on the
+            # same examples. All runs finish before any result is checked, as there.
+            outputs = [await self._run_examples(servable, task, examples) for task in tasks]
+            response = inference_pb2.MultiInferenceResponse()
+            for task, task_outputs in zip(tasks, outputs, strict=True):
+                result = response.results.add()
+                result.model_spec.CopyFrom(
+                    inference.echoed_spec(servable.name, task, servable.version)
+                )
+                if task.method_name == inference.CLASSIFY:
+                    result.classification_result.CopyFrom(
+                        inference.classification_result(task, len(examples), task_outputs)
+                    )
+                else:
+                    result.regression_result.CopyFrom(
+                        inference.regression_result(task, len(examples), task_outputs)
+                    )
+            return response
+
+    async def _run_examples(
+        self, servable: inference.ExampleServable, task: inference.Task, examples: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        feed = inference.run_feed(task, examples)
+        run = partial(servable.run, task.signature_name, feed)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
     async def _metadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest

@@ -24,7 +24,7 @@ from tensorflow_serving.apis import (
 )
 
 from service.model_server.core import ModelServerCore
-from service.model_server.status import ServingError, predict_only
+from service.model_server.status import ServingError
 
 T = TypeVar("T")
 # The names TensorFlow Serving reports in the health service, plus the full service names.
@@ -43,13 +43,6 @@ async def _answer(context: grpc.aio.ServicerContext, call: Callable[[], Awaitabl
     except ServingError as exc:
         await context.abort(exc.code, exc.message)
         raise  # abort() raises; this line only satisfies the type checker
-
-
-def _refuse(method: str) -> Callable[[], Awaitable[T]]:
-    async def refuse() -> T:
-        raise predict_only(method)
-
-    return refuse
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -71,17 +64,17 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Classify(
         self, request: classification_pb2.ClassificationRequest, context: grpc.aio.ServicerContext
     ) -> classification_pb2.ClassificationResponse:
-        return await _answer(context, _refuse("classify"))
+        return await _answer(context, lambda: self._core.classify(request, "GRPC"))
 
     async def Regress(
         self, request: regression_pb2.RegressionRequest, context: grpc.aio.ServicerContext
     ) -> regression_pb2.RegressionResponse:
-        return await _answer(context, _refuse("regress"))
+        return await _answer(context, lambda: self._core.regress(request, "GRPC"))
 
     async def MultiInference(
         self, request: inference_pb2.MultiInferenceRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.MultiInferenceResponse:
-        return await _answer(context, _refuse("classify"))
+        return await _answer(context, lambda: self._core.multi_inference(request, "GRPC"))
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):

@@ -26,7 +26,14 @@ from tensorflow_serving.apis import model_pb2
 
 from service.model_server.config import ModelSettings
 from service.model_server.options import DEFAULT_MAX_IMAGE_PIXELS
-from service.model_server.servable import LoadError, Servable, has_saved_model
+from service.model_server.servable import (
+    FunctionServable,
+    LoadError,
+    Servable,
+    has_saved_model,
+    read_meta_graph,
+)
+from service.model_server.session_servable import SessionServable
 from service.model_server.status import (
     ServingError,
     failed_precondition,
@@ -76,10 +83,27 @@ def load_servable(
     warmup: bool = True,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Servable:
-    servable = Servable(name, version, path, max_image_pixels)
+    servable = open_servable(name, version, path, max_image_pixels)
     if warmup:
         servable.warm_up()
     return servable
+
+
+def open_servable(
+    name: str, version: int, path: Path, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> Servable:
+    """Load a version so that it serves as it would in TensorFlow Serving.
+
+    A SavedModel with a TF2 object graph runs its restored functions; one without (written
+    by TF1's ``SavedModelBuilder`` or an Estimator) runs in a TF1 session, TensorFlow
+    Serving's own way to serve every model. A TF2 export that ``tf.saved_model.load``
+    cannot rebuild fails to load rather than fall back: its session graph may lack what the
+    functions restore (Keras batch-norm statistics), and would fail every request instead.
+    """
+    meta_graph = read_meta_graph(path)
+    if not meta_graph.HasField("object_graph_def"):
+        return SessionServable(name, version, path, meta_graph, max_image_pixels)
+    return FunctionServable(name, version, path, meta_graph, max_image_pixels)
 
 
 def versions_on_disk(base_path: Path) -> list[int]:

@@ -1,8 +1,8 @@
 """TensorFlow Serving's REST API on ``--rest_api_port``, over the same core as gRPC.
 
 ``GET /v1/models/{m}[/versions/{v}|/labels/{l}][/metadata]`` and
-``POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict``; errors are ``{"error": message}``
-with the HTTP status TensorFlow Serving maps the gRPC code to.
+``POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict|:classify|:regress``; errors are
+``{"error": message}`` with the HTTP status TensorFlow Serving maps the gRPC code to.
 """
 
 from __future__ import annotations
@@ -20,14 +20,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
-from service.model_server import rest_codec
+from service.model_server import rest_codec, rest_examples
 from service.model_server.core import SIGNATURE_DEF, ModelServerCore, model_spec
-from service.model_server.status import (
-    ServingError,
-    failed_precondition,
-    invalid_argument,
-    predict_only,
-)
+from service.model_server.status import ServingError, failed_precondition, invalid_argument
 
 # TensorFlow Serving parses the path with a regex rather than a router, and so do we.
 _MODEL_PATH = re.compile(
@@ -109,8 +104,18 @@ async def _dispatch(core: ModelServerCore, request: Request) -> dict[str, Any]:
         raise invalid_argument(f"Malformed request: {request.method} {request.url.path}")
     version = int(match["version"]) if match["version"] else None
     spec = model_spec(match["name"], version, match["label"])
-    if match["method"] in ("classify", "regress"):
-        raise predict_only(match["method"])
+    if match["method"] == "classify":
+        classify_request = rest_examples.classification_request_from_json(
+            _json_body(await request.body()), spec
+        )
+        classified = await core.classify(classify_request, "REST")
+        return rest_examples.classification_result_to_json(classified.result)
+    if match["method"] == "regress":
+        regress_request = rest_examples.regression_request_from_json(
+            _json_body(await request.body()), spec
+        )
+        regressed = await core.regress(regress_request, "REST")
+        return rest_examples.regression_result_to_json(regressed.result)
     if match["method"] == "predict":
         return await _predict(core, spec, await request.body())
     if match["metadata"]:
@@ -123,11 +128,15 @@ async def _dispatch(core: ModelServerCore, request: Request) -> dict[str, Any]:
     return rest_codec.model_status_to_json(core.get_model_status(status_request))
 
 
-async def _predict(core: ModelServerCore, spec: Any, raw: bytes) -> dict[str, Any]:
+def _json_body(raw: bytes) -> Any:
     try:
-        body = json.loads(raw)
+        return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise invalid_argument(f"JSON Parse error: {exc}") from exc
+
+
+async def _predict(core: ModelServerCore, spec: Any, raw: bytes) -> dict[str, Any]:
+    body = _json_body(raw)
     signature_name = rest_codec.signature_name_from_json(body)
     with core.manager.acquire(spec) as servable:
         signature = servable.signature_defs.get(signature_name)

@@ -10,6 +10,10 @@ Deliberate differences from TensorFlow Serving:
 * Integers are range-checked against the input's own dtype, not only against int32.
 * Non-UTF-8 bytes in a string output not named ``*_bytes`` become U+FFFD; TensorFlow Serving
   writes the raw bytes, which makes its answer invalid JSON.
+* JSON quoted in error messages is written compactly (``{"a": 1}``), where TensorFlow
+  Serving pretty-prints objects over several lines.
+
+``:classify`` and ``:regress`` bodies are in ``rest_examples``.
 
 Floats come back as Python floats, NaN and infinities included: ``json.dumps`` writes them as
 ``NaN``/``Infinity``/``-Infinity`` by default, exactly as TensorFlow Serving does, so the REST
@@ -29,7 +33,11 @@ import numpy as np
 from google.protobuf import json_format
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    predict_pb2,
+)
 
 from service.model_server.status import ServingError, invalid_argument
 
@@ -192,6 +200,30 @@ def model_metadata_to_json(response: get_model_metadata_pb2.GetModelMetadataResp
         "model_spec": _proto_names_dict(response.model_spec),
         "metadata": {"signature_def": _proto_names_dict(signature_defs)},
     }
+
+
+def _is_b64_object(value: dict) -> bool:
+    return len(value) == 1 and isinstance(value.get("b64"), str)
+
+
+def _utf8(value: str) -> bytes:
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _value_error(value, "is not valid UTF-8 (unpaired surrogate)") from None
+
+
+def _as_float(value: object) -> float:
+    assert isinstance(value, (int, float))
+    try:
+        return float(value)
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
+def _float32(value: float) -> float:
+    # The shortest decimal that reads back as the same float32, as TensorFlow Serving writes.
+    return float(str(np.float32(value)))
 
 
 def _proto_names_dict(message: Any) -> dict:

@@ -9,7 +9,7 @@ headers too: a decoder allocates the canvas a header declares before it reads a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,26 +69,37 @@ def has_saved_model(path: Path) -> bool:
     return (path / SAVED_MODEL_PB).is_file() or (path / SAVED_MODEL_PBTXT).is_file()
 
 
-def read_signature_defs(path: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
-    """The ``serve`` meta graph's signatures, as TensorFlow Serving reports them."""
+def read_meta_graph(path: Path) -> meta_graph_pb2.MetaGraphDef:
+    """The SavedModel's ``serve`` meta graph; ``LoadError`` when there is none to read."""
     saved_model = saved_model_pb2.SavedModel()
-    if (path / SAVED_MODEL_PB).is_file():
-        saved_model.ParseFromString((path / SAVED_MODEL_PB).read_bytes())
-    else:
-        from google.protobuf import text_format
+    try:
+        if (path / SAVED_MODEL_PB).is_file():
+            saved_model.ParseFromString((path / SAVED_MODEL_PB).read_bytes())
+        else:
+            from google.protobuf import text_format
 
-        text_format.Parse((path / SAVED_MODEL_PBTXT).read_text(encoding="utf-8"), saved_model)
+            text = (path / SAVED_MODEL_PBTXT).read_text(encoding="utf-8")
+            text_format.Parse(text, saved_model)
+    except Exception as exc:  # a truncated or foreign file fails in many ways
+        raise LoadError(f"cannot load {path}: {first_line(exc)}") from exc
     for meta_graph in saved_model.meta_graphs:
         if _SERVE_TAG in meta_graph.meta_info_def.tags:
-            return dict(meta_graph.signature_def)
+            return meta_graph
     raise LoadError(f"{path} has no meta graph tagged {_SERVE_TAG!r}")
 
 
-class Servable:
-    """A SavedModel version loaded into this process.
+def read_signature_defs(path: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
+    """The ``serve`` meta graph's signatures, as TensorFlow Serving reports them."""
+    return dict(read_meta_graph(path).signature_def)
 
-    String inputs holding encoded images whose headers declare more than
-    ``max_image_pixels`` are refused before the model runs.
+
+class Servable:
+    """A loaded SavedModel version: its signatures, request checks and warmup.
+
+    Loaders differ only in how a signature runs: ``FunctionServable`` calls the functions
+    ``tf.saved_model.load`` restores, ``session_servable.SessionServable`` runs a TF1
+    session as TensorFlow Serving does. String inputs holding encoded images whose headers
+    declare more than ``max_image_pixels`` are refused before the model runs.
     """
 
     def __init__(
@@ -96,21 +107,16 @@ class Servable:
         name: str,
         version: int,
         path: Path,
+        signature_defs: dict[str, meta_graph_pb2.SignatureDef],
+        runnable: Iterable[str],
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         self.name = name
         self.version = version
         self.path = path
+        self.signature_defs = signature_defs
         self.max_image_pixels = max_image_pixels
-        try:
-            self.signature_defs = read_signature_defs(path)
-            loaded = tf.saved_model.load(str(path), tags=[_SERVE_TAG])
-        except LoadError:
-            raise
-        except Exception as exc:  # TensorFlow raises many types for a bad SavedModel
-            raise LoadError(f"cannot load {path}: {_first_line(exc)}") from exc
-        self._loaded = loaded  # keeps the functions' variables alive
-        self._functions = dict(loaded.signatures)
+        self._runnable = frozenset(runnable)
         # Asked on every request when batching is on; the answer never changes.
         self._batchable = {
             name: all(
@@ -124,7 +130,7 @@ class Servable:
         """Check ``request`` against its signature and decode its inputs."""
         name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         signature = self.signature_defs.get(name)
-        if signature is None or name not in self._functions:
+        if signature is None or name not in self._runnable:
             raise ServingError(
                 grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.'
             )
@@ -147,14 +153,7 @@ class Servable:
 
     def run(self, signature_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one signature; TensorFlow errors become ``ServingError`` with the same code."""
-        function = self._functions[signature_name]
-        # A restored signature takes its inputs by name and runs its graph on the shapes
-        # given, as TensorFlow Serving's session does; a shape the ops cannot use fails there.
-        try:
-            outputs = function(**{alias: tf.constant(value) for alias, value in inputs.items()})
-        except tf.errors.OpError as exc:
-            raise ServingError(_grpc_code(exc.error_code), exc.message) from exc
-        return {alias: tensor.numpy() for alias, tensor in outputs.items()}
+        raise NotImplementedError
 
     def respond(
         self, prepared: PreparedPredict, outputs: dict[str, np.ndarray]
@@ -183,8 +182,40 @@ class Servable:
         except ServingError as exc:
             raise LoadError(f"warmup request {count + 1} of {path} failed: {exc.message}") from exc
         except (tf.errors.OpError, DecodeError) as exc:
-            raise LoadError(f"cannot read {path}: {_first_line(exc)}") from exc
+            raise LoadError(f"cannot read {path}: {first_line(exc)}") from exc
         return count
+
+
+class FunctionServable(Servable):
+    """A version loaded with ``tf.saved_model.load``: its signatures run as restored functions."""
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        meta_graph: meta_graph_pb2.MetaGraphDef,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
+        try:
+            loaded = tf.saved_model.load(str(path), tags=[_SERVE_TAG])
+        except Exception as exc:  # TensorFlow raises many types for a bad SavedModel
+            raise LoadError(f"cannot load {path}: {first_line(exc)}") from exc
+        self._loaded = loaded  # keeps the functions' variables alive
+        self._functions = dict(loaded.signatures)
+        signature_defs = dict(meta_graph.signature_def)
+        super().__init__(name, version, path, signature_defs, self._functions, max_image_pixels)
+
+    def run(self, signature_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one signature; TensorFlow errors become ``ServingError`` with the same code."""
+        function = self._functions[signature_name]
+        # A restored signature takes its inputs by name and runs its graph on the shapes
+        # given, as TensorFlow Serving's session does; a shape the ops cannot use fails there.
+        try:
+            outputs = function(**{alias: tf.constant(value) for alias, value in inputs.items()})
+        except tf.errors.OpError as exc:
+            raise ServingError(grpc_code(exc.error_code), exc.message) from exc
+        return {alias: tensor.numpy() for alias, tensor in outputs.items()}
 
 
 def _warmup_records(path: Path) -> Iterator[prediction_log_pb2.PredictionLog]:
@@ -297,7 +328,7 @@ def _leading_batch_dim(info: meta_graph_pb2.TensorInfo) -> bool:
     return not info.tensor_shape.unknown_rank and len(dims) > 0 and dims[0].size == -1
 
 
-def _grpc_code(tf_code: int) -> grpc.StatusCode:
+def grpc_code(tf_code: int) -> grpc.StatusCode:
     # TensorFlow's error codes are the canonical codes gRPC uses, number for number.
     for code in grpc.StatusCode:
         if code.value[0] == tf_code:
@@ -309,6 +340,6 @@ def _join(names) -> str:
     return ",".join(sorted(names))
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

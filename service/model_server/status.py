@@ -68,12 +68,3 @@ def unavailable(message: str) -> ServingError:
 
 def failed_precondition(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.FAILED_PRECONDITION, message)
-
-
-def predict_only(method: str) -> ServingError:
-    """What Classify, Regress and MultiInference answer: the models export Predict only."""
-    return ServingError(
-        grpc.StatusCode.UNIMPLEMENTED,
-        f"ftserve model-server implements Predict only and the exported models have no"
-        f" {method} signature: call Predict (signature serving_default or serving_tensor)",
-    )

@@ -27,7 +27,11 @@ from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 from tests.model_server.tiny_repo import loader, manager, repo, saved_model
 from tests.support import servers
 from tests.support.servers import FTSERVE, MODEL, add_version, free_port, repo_flags
-from tests.support.tf_serving_models import write_half_plus_two_tf1, write_half_plus_two_tf2
+from tests.support.tf_serving_models import (
+    write_half_plus_three_tf1,
+    write_half_plus_two_tf1,
+    write_half_plus_two_tf2,
+)
 from tests.support.trained import Template
 
 # Re-exported: helpers for the tests here, and the tiny-model fixtures for pytest to find.
@@ -143,4 +147,12 @@ def half_plus_two_tf1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Base path of TensorFlow Serving's TF1 ``half_plus_two``, version ``00000123``."""
     base = tmp_path_factory.mktemp("tf1") / "half_plus_two"
     write_half_plus_two_tf1(base)
+    return base
+
+
+@pytest.fixture(scope="session")
+def half_plus_three_tf1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Base path of TensorFlow Serving's TF 1.0 ``half_plus_three``, version ``00000123``."""
+    base = tmp_path_factory.mktemp("tf1-three") / "half_plus_three"
+    write_half_plus_three_tf1(base)
     return base

@@ -197,18 +197,14 @@ def test_unknown_signature_is_failed_precondition(server, template):
     assert error.details() == 'Serving signature key "x" not found.'
 
 
-def test_classify_is_refused_with_a_clear_message(server, template):
+def test_classify_on_the_predict_signature_is_invalid_argument(server, template):
+    """Without --enable_signature_method_name_check the signature is judged by its shape:
+    the exported serving_default has three outputs where a classifier has one or two."""
     request = classification_pb2.ClassificationRequest()
     request.model_spec.name = MODEL
     error = rpc_error(server.predict_stub.Classify, request)
-    if server.kind == FTSERVE:
-        assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "Predict" in error.details()
-    else:  # TensorFlow Serving implements Classify but the model has no such signature
-        assert error.code() in (
-            grpc.StatusCode.INVALID_ARGUMENT,
-            grpc.StatusCode.FAILED_PRECONDITION,
-        )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "Expected one or two output Tensors, found 3"
 
 
 # -- metadata and status ----------------------------------------------------------------

@@ -12,11 +12,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import any_pb2, wrappers_pb2
+from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    predict_pb2,
+    regression_pb2,
+)
 
-from service.model_server import rest_codec
+from service.model_server import rest_codec, rest_examples
 from service.model_server.status import ServingError
 
 F = types_pb2.DT_FLOAT
@@ -734,3 +742,155 @@ def test_model_metadata_without_a_signature_def_map_is_an_internal_error():
         with pytest.raises(ServingError) as caught:
             rest_codec.model_metadata_to_json(metadata_response(packed))
         assert caught.value.code == grpc.StatusCode.INTERNAL
+
+
+# --- :classify and :regress bodies ---------------------------------------------------------
+
+
+def example_request(body: object):
+    return rest_examples.regression_request_from_json(body, model_pb2.ModelSpec(name="m"))
+
+
+def features(example: example_pb2.Example) -> dict[str, tuple[str | None, list]]:
+    return {
+        name: (feature.WhichOneof("kind"), list(getattr(feature, kind).value) if kind else [])
+        for name, feature in example.features.feature.items()
+        for kind in [feature.WhichOneof("kind")]
+    }
+
+
+def test_example_features_take_their_kind_from_the_json_values():
+    body = {
+        "examples": [
+            {
+                "f": 2.5,
+                "i": [1, -2],
+                "flag": True,
+                "s": "héllo",
+                "b": {"b64": base64.b64encode(b"\x00\xff").decode()},
+                "empty": [],
+                "huge": 2**70,
+            }
+        ]
+    }
+
+    request = example_request(body)
+
+    (example,) = request.input.example_list.examples
+    assert features(example) == {
+        "f": ("float_list", [2.5]),
+        "i": ("int64_list", [1, -2]),
+        "flag": ("int64_list", [1]),
+        "s": ("bytes_list", ["héllo".encode()]),
+        "b": ("bytes_list", [b"\x00\xff"]),
+        "empty": (None, []),
+        "huge": ("float_list", [float(np.float32(2**70))]),
+    }
+    assert request.model_spec == model_pb2.ModelSpec(name="m")
+
+
+def test_context_makes_an_example_list_with_context_and_keeps_the_signature():
+    body = {"signature_name": "r", "context": {"x": 1.0}, "examples": [{}, {"x": [3.0]}]}
+
+    request = rest_examples.classification_request_from_json(body, model_pb2.ModelSpec(name="m"))
+
+    assert request.model_spec.signature_name == "r"
+    with_context = request.input.example_list_with_context
+    assert features(with_context.context) == {"x": ("float_list", [1.0])}
+    assert [features(e) for e in with_context.examples] == [{}, {"x": ("float_list", [3.0])}]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ([1], "JSON Value: [1] Is not object"),
+        (
+            {"signature_name": 1, "examples": [{}]},
+            'JSON Value: {"signature_name": 1, "examples": [{}]} not formatted correctly.'
+            " 'signature_name' key must be a string value.",
+        ),
+        (
+            {},
+            "JSON Value: {} When method is classify, key 'examples' is expected and was not found",
+        ),
+        (
+            {"examples": {}},
+            "JSON Value: {\"examples\": {}} Expecting 'examples' value to be an list/array",
+        ),
+        ({"examples": []}, "JSON Value: {\"examples\": []} 'examples' value is an empty array"),
+        ({"examples": [[1]]}, "Example must be JSON object but got JSON Array"),
+        ({"context": 1, "examples": [{}]}, "Example must be JSON object but got JSON Number"),
+        (
+            {"examples": [{"x": None}]},
+            "Feature: x has element with unexpected JSON type: Null",
+        ),
+        (
+            {"examples": [{"x": [[1]]}]},
+            "Feature: x has element with unexpected JSON type: Array",
+        ),
+        (
+            {"examples": [{"x": {"a": 1}}]},
+            "Feature: x has element with unexpected JSON type: Object",
+        ),
+        (
+            {"examples": [{"x": [1.5, 2]}]},
+            "Unexpected element type in feature: x expecting type: float",
+        ),
+        (
+            {"examples": [{"x": ["a", True]}]},
+            "Unexpected element type in feature: x expecting type: bytes",
+        ),
+        (
+            {"examples": [{"x": 2**63}]},
+            "Feature: x has uint64_t element. Only int64_t is supported.",
+        ),
+        ({"examples": [{"x": {"b64": "!!"}}]}, "Unable to base64 decode"),
+    ],
+)
+def test_malformed_example_bodies_are_tf_serving_errors(body, message):
+    with pytest.raises(ServingError) as info:
+        example_request(body)
+
+    assert (info.value.code, info.value.message) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def test_classification_result_json_is_label_score_pairs_per_example():
+    result = classification_pb2.ClassificationResult()
+    first = result.classifications.add()
+    first.classes.add(label="cat", score=0.1)
+    first.classes.add(label="dog", score=0.9)
+    result.classifications.add().classes.add(score=3.0)
+
+    assert rest_examples.classification_result_to_json(result) == {
+        "results": [[["cat", 0.1], ["dog", 0.9]], [["", 3.0]]]
+    }
+
+
+def test_regression_result_json_is_one_value_per_example():
+    result = regression_pb2.RegressionResult()
+    result.regressions.add(value=0.1)
+    result.regressions.add(value=-4.0)
+
+    assert rest_examples.regression_result_to_json(result) == {"results": [0.1, -4.0]}
+
+
+@pytest.mark.parametrize(
+    ("render", "empty", "message"),
+    [
+        (
+            rest_examples.classification_result_to_json,
+            classification_pb2.ClassificationResult(),
+            "Cannot convert empty ClassificationResults to JSON",
+        ),
+        (
+            rest_examples.regression_result_to_json,
+            regression_pb2.RegressionResult(),
+            "Cannot convert empty RegressionResults to JSON",
+        ),
+    ],
+)
+def test_empty_results_cannot_be_rendered(render, empty, message):
+    with pytest.raises(ServingError) as info:
+        render(empty)
+
+    assert info.value.message == message
