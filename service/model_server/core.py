@@ -132,6 +132,12 @@ class ModelServerCore:
                 Serving returns a failed reload as the call's status (its response status
                 never reaches the client then), and so does this server.
         """
+        if request.config.WhichOneof("config") != "model_config_list":
+            # Checked here, not in apply_config: the config file's poller never gets here.
+            raise invalid_argument(
+                "ServerModelConfig type not supported by HandleReloadConfigRequest."
+                " Only ModelConfigList is currently supported"
+            )
         try:
             await self.apply_config(request.config)
         except ServingError as exc:
