@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import Executor
 from functools import partial
@@ -64,6 +65,11 @@ class ModelServerCore:
         self.metrics = metrics
         self._executor = executor
         self.batcher = batcher
+        # --enable_per_model_batching_parameters: each version batches on its own terms.
+        self.per_model_batching = False
+        self._own_batchers: weakref.WeakKeyDictionary[Servable, BatchScheduler] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def predict(
         self, request: predict_pb2.PredictRequest, entrypoint: str
@@ -167,11 +173,30 @@ class ModelServerCore:
 
     async def _run(self, servable: Servable, prepared: PreparedPredict) -> dict[str, np.ndarray]:
         run = partial(servable.run, prepared.signature_name)
-        if self.batcher is None or not servable.batchable(prepared.signature_name):
+        batcher = self._batcher_for(servable)
+        if batcher is None or not servable.batchable(prepared.signature_name):
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, run, prepared.inputs)
         key = (servable.name, servable.version, prepared.signature_name)
-        return await self.batcher.submit(key, prepared.inputs, run)
+        return await batcher.submit(key, prepared.inputs, run)
+
+    def _batcher_for(self, servable: Servable) -> BatchScheduler | None:
+        """The server's batcher; with per-model parameters, the version's own or none."""
+        if self.batcher is None or not self.per_model_batching:
+            return self.batcher
+        if servable.own_batching is None:
+            return None  # TensorFlow Serving batches only versions that have the file
+        found = self._own_batchers.get(servable)
+        if found is None:  # kept only while the version is: it goes when it unloads
+            found = BatchScheduler(servable.own_batching, self._executor, self.record_batch)
+            self._own_batchers[servable] = found
+        return found
+
+    async def close_batchers(self) -> None:
+        """Let every batch in flight finish (at shutdown)."""
+        for batcher in [self.batcher, *self._own_batchers.values()]:
+            if batcher is not None:
+                await batcher.close()
 
     async def _classify(
         self, request: classification_pb2.ClassificationRequest

@@ -24,7 +24,8 @@ from pathlib import Path
 import grpc
 from tensorflow_serving.apis import model_pb2
 
-from service.model_server.config import ModelSettings
+from service.model_server.batching import BatchingOptions
+from service.model_server.config import ConfigError, ModelSettings, read_batching_parameters
 from service.model_server.options import DEFAULT_MAX_IMAGE_PIXELS
 from service.model_server.servable import (
     FunctionServable,
@@ -45,6 +46,8 @@ from service.model_server.status import (
 log = logging.getLogger(__name__)
 
 _NUMBER = re.compile(r"[0-9]+")
+# A version's own batching parameters, TensorFlow Serving's file name.
+BATCHING_PARAMS_FILE = "batching_params.pbtxt"
 
 
 class State(IntEnum):
@@ -82,8 +85,21 @@ def load_servable(
     path: Path,
     warmup: bool = True,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    per_model_batching: bool = False,
 ) -> Servable:
+    """Open a version, read its own batching parameters if asked to, and warm it up.
+
+    With ``per_model_batching`` (``--enable_per_model_batching_parameters``), a version
+    batches with the ``batching_params.pbtxt`` in its folder, and a version without one
+    is not batched, as in TensorFlow Serving; a file that does not parse fails the load.
+    """
     servable = open_servable(name, version, path, max_image_pixels)
+    if per_model_batching and (path / BATCHING_PARAMS_FILE).is_file():
+        try:
+            params = read_batching_parameters(path / BATCHING_PARAMS_FILE)
+            servable.own_batching = BatchingOptions.from_proto(params)
+        except (ConfigError, ValueError) as exc:
+            raise LoadError(f"cannot use {path / BATCHING_PARAMS_FILE}: {exc}") from exc
     if warmup:
         servable.warm_up()
     return servable

@@ -12,12 +12,13 @@ Flags that work here: ``--port``, ``--grpc_socket_path``, ``--rest_api_port``,
 ``--enable_model_warmup``, ``--monitoring_config_file``, ``--grpc_channel_arguments``,
 ``--enable_grpc_healthcheck_service``, ``--ssl_config_file``, ``--tensorflow_session_parallelism``,
 ``--tensorflow_intra_op_parallelism``, ``--tensorflow_inter_op_parallelism``,
-``--tensorflow_session_config_file`` (its thread counts), ``--enable_signature_method_name_check``
-and ``--version``; ``--host``, ``--grpc_max_message_bytes``, ``--shutdown_grace_seconds`` and
+``--tensorflow_session_config_file`` (its thread counts),
+``--enable_signature_method_name_check``, ``--enable_per_model_batching_parameters`` and
+``--version``; ``--host``, ``--grpc_max_message_bytes``, ``--shutdown_grace_seconds`` and
 ``--max_image_pixels`` are this server's own.
 
 The flags of ``NO_EFFECT_FLAGS`` (GPU, TPU, TensorFlow Lite, XLA, profiler, ALTS, thread-pool
-and loader tuning, per-model batching parameters) parse with their upstream types and change
+and loader tuning) parse with their upstream types and change
 nothing; each one given logs one start-up line saying why.
 """
 
@@ -60,10 +61,6 @@ NO_EFFECT_FLAGS: dict[str, tuple[Callable[[str], object], str]] = {
     "num_unload_threads": (int, "models unload one at a time, as each poll retires them"),
     "max_num_load_retries": (int, _RETRY),
     "load_retry_interval_micros": (int, _RETRY),
-    "enable_per_model_batching_parameters": (
-        parse_bool,
-        "every model batches with --batching_parameters_file's parameters",
-    ),
     "flush_filesystem_caches": (parse_bool, "TensorFlow's file-system caches are left alone"),
     "use_alts_credentials": (parse_bool, "ALTS needs Google's network; use --ssl_config_file"),
     "platform_config_file": (str, "this server serves only the tensorflow platform"),
@@ -128,6 +125,8 @@ class ServerOptions:
     tensorflow_session_config_file: Path | None = None
     # Predict refuses a signature whose method_name is not Predict, Classify or Regress.
     enable_signature_method_name_check: bool = False
+    # With batching: a version batches with its own batching_params.pbtxt, or not at all.
+    enable_per_model_batching_parameters: bool = False
     # Print the versions and exit.
     version: bool = False
     # The flags of NO_EFFECT_FLAGS given on the command line.
@@ -199,6 +198,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _bool_flag(
         flags, "--enable_signature_method_name_check", defaults.enable_signature_method_name_check
+    )
+    _bool_flag(
+        flags,
+        "--enable_per_model_batching_parameters",
+        defaults.enable_per_model_batching_parameters,
     )
     _bool_flag(flags, "--version", defaults.version)
     for name, (kind, _) in NO_EFFECT_FLAGS.items():

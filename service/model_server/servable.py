@@ -29,6 +29,7 @@ from service.ingest.images import (
     read_header,
     unsized_kind,
 )
+from service.model_server.batching import BatchingOptions
 from service.model_server.options import DEFAULT_MAX_IMAGE_PIXELS
 from service.model_server.status import ServingError, invalid_argument
 from service.model_server.tensors import tensor_proto
@@ -116,6 +117,8 @@ class Servable:
         self.path = path
         self.signature_defs = signature_defs
         self.max_image_pixels = max_image_pixels
+        # This version's own batching (--enable_per_model_batching_parameters), if any.
+        self.own_batching: BatchingOptions | None = None
         self._runnable = frozenset(runnable)
         # Asked on every request when batching is on; the answer never changes.
         self._batchable = {

@@ -205,6 +205,9 @@ def _start_manager(options: ServerOptions) -> ModelManager:
             load_servable,
             warmup=options.enable_model_warmup,
             max_image_pixels=options.max_image_pixels,
+            per_model_batching=(
+                options.enable_batching and options.enable_per_model_batching_parameters
+            ),
         ),
         allow_version_labels_for_unavailable_models=(
             options.allow_version_labels_for_unavailable_models
@@ -245,6 +248,7 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
     if batching is not None:
         batcher = BatchScheduler(batching, executor, on_batch=core.record_batch)
         core.batcher = batcher
+        core.per_model_batching = options.enable_per_model_batching_parameters
 
     grpc_server = grpc.aio.server(options=_grpc_options(options))
     health = add_services(grpc_server, core, options.enable_grpc_healthcheck_service)
@@ -291,8 +295,7 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
         await grpc_server.stop(options.shutdown_grace_seconds)
         if rest_task is not None:
             await rest_task
-        if batcher is not None:
-            await batcher.close()
+        await core.close_batchers()
         poller.stop()
         await loop.run_in_executor(None, poller.join)
         await loop.run_in_executor(None, manager.unload_all)
