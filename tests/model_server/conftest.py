@@ -51,8 +51,8 @@ __all__ = [
 IMAGE_SIZE = 32
 TF_SERVING = "tensorflow_model_server"
 NO_TF_SERVING = (
-    "TF_SERVING_BIN is not set: tensorflow_model_server is not on PyPI and this machine has"
-    " no container engine; point TF_SERVING_BIN at the binary to run these against it"
+    "TF_SERVING_BIN is not set: tensorflow_model_server is not on PyPI and its registry image"
+    " cannot be pulled here; point TF_SERVING_BIN at the binary to run these against it"
 )
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
