@@ -10,13 +10,14 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from concurrent.futures import Executor
 from functools import partial
 from typing import TypeVar
 
 import grpc
 import numpy as np
+from tensorflow.core.protobuf.meta_graph_pb2 import SignatureDef
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 SIGNATURE_DEF = "signature_def"
 T = TypeVar("T")
+R = TypeVar("R")  # a Classify or Regress result
+_TaskFn = Callable[[Mapping[str, SignatureDef], model_pb2.ModelSpec, bool], inference.Task]
 # The method names TensorFlow Serving's Predict takes when it checks them.
 _METHOD_NAMES = (
     "tensorflow/serving/predict",
@@ -201,34 +204,34 @@ class ModelServerCore:
     async def _classify(
         self, request: classification_pb2.ClassificationRequest
     ) -> classification_pb2.ClassificationResponse:
-        if not request.HasField("model_spec"):
-            raise invalid_argument("Missing ModelSpec")
-        with self.manager.acquire(request.model_spec) as servable:
-            task = inference.classify_task(
-                servable.signature_defs, request.model_spec, self.check_method_name
-            )
-            examples = inference.serialized_examples(request.input)
-            outputs = await self._run_examples(servable, task, examples)
-            return classification_pb2.ClassificationResponse(
-                model_spec=inference.echoed_spec(servable.name, task, servable.version),
-                result=inference.classification_result(task, len(examples), outputs),
-            )
+        spec, result = await self._one_task(
+            request, inference.classify_task, inference.classification_result
+        )
+        return classification_pb2.ClassificationResponse(model_spec=spec, result=result)
 
     async def _regress(
         self, request: regression_pb2.RegressionRequest
     ) -> regression_pb2.RegressionResponse:
+        spec, result = await self._one_task(
+            request, inference.regress_task, inference.regression_result
+        )
+        return regression_pb2.RegressionResponse(model_spec=spec, result=result)
+
+    async def _one_task(
+        self,
+        request: classification_pb2.ClassificationRequest | regression_pb2.RegressionRequest,
+        make_task: _TaskFn,
+        make_result: Callable[[inference.Task, int, Mapping[str, np.ndarray]], R],
+    ) -> tuple[model_pb2.ModelSpec, R]:
+        """Classify or Regress: one signature run on the request's examples."""
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         with self.manager.acquire(request.model_spec) as servable:
-            task = inference.regress_task(
-                servable.signature_defs, request.model_spec, self.check_method_name
-            )
+            task = make_task(servable.signature_defs, request.model_spec, self.check_method_name)
             examples = inference.serialized_examples(request.input)
             outputs = await self._run_examples(servable, task, examples)
-            return regression_pb2.RegressionResponse(
-                model_spec=inference.echoed_spec(servable.name, task, servable.version),
-                result=inference.regression_result(task, len(examples), outputs),
-            )
+            spec = inference.echoed_spec(servable.name, task, servable.version)
+            return spec, make_result(task, len(examples), outputs)
 
     async def _multi_inference(
         self, request: inference_pb2.MultiInferenceRequest
