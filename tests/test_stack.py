@@ -136,17 +136,23 @@ def test_finetune_then_predict_over_http_and_grpc(stack, digits_zip: Path, tmp_p
     job_id = accepted.json()["job_id"]
     assert accepted.headers["location"] == f"/finetune/{job_id}"
 
-    seen: list[tuple[str, str]] = []
     with running.http.stream("GET", f"/finetune/{job_id}/events", timeout=600) as events:
         assert events.headers["content-type"].startswith("text/event-stream")
-        for event, job in sse_events(events):
-            seen.append((event, job["status"]))
-    assert seen[-1] == ("state", "succeeded"), (seen, running.log())
-    assert ("progress", "running") in seen
+        seen = list(sse_events(events))
+    statuses = [data["status"] for event, data in seen if event == "state"]
+    assert "running" in statuses, (seen, running.log())
+    assert statuses[-1] == "succeeded" and seen[-1][0] == "state", (seen, running.log())
+    assert seen[-1][1]["result"]["version"] == 1 and seen[-1][1]["error"] is None
+    progress = [data for event, data in seen if event == "progress"]
+    assert progress and any(data["metrics"] for data in progress), progress
+    assert all("history" not in data and "config" not in data for _, data in seen)
 
     job = running.http.get(f"/finetune/{job_id}").json()
     assert job["status"] == "succeeded" and job["result"]["version"] == 1
     assert {"phase", "epoch"} <= set(job["history"][0])
+    # The epoch events, a redone row replacing its first version, add up to the history.
+    streamed = {(data["phase"], data["epoch"]): data for event, data in seen if event == "epoch"}
+    assert list(streamed.values()) == job["history"]
 
     image = _digit_png(digits_zip)
     deadline = time.monotonic() + 60

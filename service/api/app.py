@@ -2,8 +2,8 @@
 
 The lifespan opens the two long-lived clients every request shares, the job store and the
 model server's gRPC channel, and closes them on shutdown. Meanwhile it sweeps the uploads
-folder of partial uploads whose writer is gone, at start-up and every few seconds. Nothing
-here imports TensorFlow.
+folder of partial uploads whose writer is gone, at start-up and every few seconds. The web
+page's static files are served at ``/ui/``. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -24,8 +24,14 @@ from service import __version__
 from service.api.deps import require_token
 from service.api.handlers import install_error_handlers
 from service.api.metrics import ApiMetrics, MetricsMiddleware
-from service.api.routes import docs, finetune, health, models, predict
-from service.api.schemas import ErrorResponse, FinetuneFromFolder, PredictRequest
+from service.api.routes import backbones, docs, finetune, health, models, predict, ui
+from service.api.schemas import (
+    ErrorResponse,
+    FinetuneFromFolder,
+    JobStateEvent,
+    PredictRequest,
+    ProgressEvent,
+)
 from service.api.upload_folder import SWEEP_SECONDS, sweep_partials
 from service.config import Settings, get_settings
 from service.contract.repository import ModelRepository
@@ -35,9 +41,16 @@ from service.model_client.client import PredictClient
 
 log = logging.getLogger(__name__)
 
-# Bodies the routes read themselves (streamed), described through openapi_extra, and the
-# error body (which FastAPI's automatic 422s do not use).
-_EXTRA_SCHEMAS = (TrainConfig, FinetuneFromFolder, PredictRequest, ErrorResponse)
+# Bodies the routes read themselves (streamed), described through openapi_extra, the error
+# body (which FastAPI's automatic 422s do not use), and the data of two kinds of job event.
+_EXTRA_SCHEMAS = (
+    TrainConfig,
+    FinetuneFromFolder,
+    PredictRequest,
+    ErrorResponse,
+    JobStateEvent,
+    ProgressEvent,
+)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -60,8 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(health.router)
     app.include_router(docs.router)
-    for router in (finetune.router, predict.router, models.router):
+    app.include_router(ui.router)
+    for router in (finetune.router, predict.router, models.router, backbones.router):
         app.include_router(router, dependencies=[Depends(require_token)])
+    ui.mount_ui(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from http import HTTPStatus
 from typing import Any, Literal
@@ -9,14 +10,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.contract.names import MODEL_NAME_PATTERN
-from service.contract.train_config import TrainConfig
+from service.contract.train_config import BACKBONE_TABLE, DEFAULT_BASE_MODEL, TrainConfig
 from service.errors import (
     FtserveError,
     ModelServerUnavailableError,
     QueueFullError,
     UnauthorizedError,
 )
-from service.jobs.records import Job, JobState
+from service.jobs.records import FINAL_STATES, Job, JobState
 
 MAX_TOP_K = 1000
 # Versions are int64 on the wire (ModelSpec.version); the API takes those a JSON number
@@ -92,7 +93,7 @@ class FinetuneAccepted(BaseModel):
 
 
 class Progress(BaseModel):
-    """Where a running job is; the worker may add fields."""
+    """Where a running job is; the worker may add fields (it adds the latest ``metrics``)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -102,6 +103,14 @@ class Progress(BaseModel):
     step: int | None = None
     steps: int | None = None
     eta_seconds: float | None = None
+
+
+class ProgressEvent(Progress):
+    """The data of an ``event: progress``: ``Progress`` with the latest batch's metrics."""
+
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="The latest batch's metrics, e.g. loss and accuracy."
+    )
 
 
 class JobView(BaseModel):
@@ -149,6 +158,41 @@ class JobList(BaseModel):
     total: int = Field(description="How many jobs match the filters, over all pages.")
     limit: int
     offset: int
+
+
+class JobStateEvent(BaseModel):
+    """The data of an ``event: state``: where the job is in its life, without its bulk.
+
+    ``result`` and ``error`` come only with a final state.
+    """
+
+    job_id: str
+    status: JobState
+    attempts: int
+    cancel_requested: bool
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: dict[str, Any] | None = Field(default=None, description="Only in a final state.")
+    error: ErrorBody | None = Field(default=None, description="Only in a final state.")
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobStateEvent:
+        error = job.error if job.finished else None
+        return cls(
+            job_id=job.id,
+            status=job.state,
+            attempts=job.attempts,
+            cancel_requested=job.cancel_requested,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            result=job.result if job.finished else None,
+            error=None if error is None else ErrorBody.model_validate(error),
+        )
+
+    def to_json(self) -> str:
+        """The event's data: ``result`` and ``error`` are left out until the job is final."""
+        final = self.status in FINAL_STATES
+        return self.model_dump_json(exclude=None if final else {"result", "error"})
 
 
 # -- predictions -----------------------------------------------------------------------------
@@ -262,6 +306,33 @@ class LabelMove(BaseModel):
 class Deleted(BaseModel):
     name: str
     deleted_versions: list[int]
+
+
+# -- backbones -------------------------------------------------------------------------------
+
+
+class BackboneView(BaseModel):
+    """One backbone a job may set as ``base_model``."""
+
+    name: str
+    default_image_size: int = Field(description="The image size used when a job sets none.")
+    min_image_size: int = Field(description="The smallest image_size it accepts.")
+    preprocessing: str = Field(
+        description="How its weights expect pixels: `tf` ([-1, 1]), `caffe` (BGR minus the"
+        " ImageNet mean), `unit` ([0, 1]) or `none` (it normalises 0–255 pixels itself)."
+    )
+    imagenet_weights: bool = Field(description="Whether `weights: imagenet` is available.")
+
+
+class BackboneList(BaseModel):
+    default: str = Field(description="The base_model of a job that sets none.")
+    items: list[BackboneView]
+
+    @classmethod
+    def from_contract(cls) -> BackboneList:
+        """Every backbone the training tier builds, in the contract's order."""
+        items = [BackboneView.model_validate(asdict(info)) for info in BACKBONE_TABLE]
+        return cls(default=DEFAULT_BASE_MODEL, items=items)
 
 
 # -- health ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -17,18 +18,39 @@ from service.contract.names import MODEL_NAME_PATTERN
 from service.contract.validation import describe_errors
 from service.errors import InvalidConfigError, WeightsUnavailableError
 
-# The backbones service.training.backbones builds, named here so that every tier can check
-# a job before it is queued (a test keeps both lists equal).
-BASE_MODELS = (
-    "mobilenet_v2",
-    "mobilenet_v3_small",
-    "mobilenet_v3_large",
-    "efficientnet_b0",
-    "efficientnet_v2_b0",
-    "resnet50",
-    "vgg16",
-    "small_cnn",
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What a user needs to know about a backbone before choosing it.
+
+    ``preprocessing`` names how the backbone's weights expect pixels: ``tf`` scales to
+    [-1, 1], ``caffe`` is BGR minus the ImageNet mean, ``unit`` scales to [0, 1], ``none``
+    means the base normalises 0–255 pixels itself.
+    """
+
+    name: str
+    default_image_size: int
+    min_image_size: int
+    preprocessing: str
+    imagenet_weights: bool
+
+
+# The backbones service.training.backbones builds, described here so that every tier can
+# check a job before it is queued and list the choices without TensorFlow (a test keeps
+# this table equal to the training tier's registry).
+BACKBONE_TABLE = (
+    # name, default image size, minimum image size, preprocessing, ImageNet weights
+    BackboneInfo("mobilenet_v2", 224, 32, "tf", True),
+    BackboneInfo("mobilenet_v3_small", 224, 32, "none", True),
+    BackboneInfo("mobilenet_v3_large", 224, 32, "none", True),
+    BackboneInfo("efficientnet_b0", 224, 32, "none", True),
+    BackboneInfo("efficientnet_v2_b0", 224, 32, "none", True),
+    BackboneInfo("resnet50", 224, 32, "caffe", True),
+    BackboneInfo("vgg16", 224, 32, "caffe", True),
+    BackboneInfo("small_cnn", 32, 8, "unit", False),
 )
+BASE_MODELS = tuple(backbone.name for backbone in BACKBONE_TABLE)
+DEFAULT_BASE_MODEL = "mobilenet_v2"
 BUILTIN_WEIGHTS = ("imagenet", "none")
 
 ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
@@ -51,7 +73,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model_name: ModelName
-    base_model: str = "mobilenet_v2"
+    base_model: str = DEFAULT_BASE_MODEL
     weights: str = "imagenet"
     image_size: int | None = Field(default=None, ge=8, le=1024)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from service.config import Settings, get_settings
 from service.contract.repository import ModelRepository
-from service.contract.train_config import TrainConfig
+from service.contract.train_config import DEFAULT_BASE_MODEL, TrainConfig
 from service.errors import FtserveError, MemoryLimitError, TrainingCancelledError
 from service.finetune.memory import MemoryWatch
 from service.finetune.run import finetune, published_result
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_SECONDS = 1.0
 # The status a worker exits with after failing a job for passing its memory limit.
 EXIT_MEMORY_LIMIT = 3
+LEASE_LOST = "lease lost"  # how the log names the end of a job another worker took over
 
 
 def default_worker_id() -> str:
@@ -95,21 +96,35 @@ class Worker:
 
     def run_job(self, job: Job) -> None:
         """Train, export and publish ``job``, keeping its row in the store up to date."""
-        log.info("job %s: attempt %d of %d", job.id, job.attempts, job.max_attempts)
+        base_model = job.config.get("base_model", DEFAULT_BASE_MODEL)
+        log.info(
+            "job %s: claimed: model %s, base model %s, attempt %d of %d",
+            job.id,
+            job.model_name,
+            base_model,
+            job.attempts,
+            job.max_attempts,
+        )
+        started = time.monotonic()
         control = _JobControl(shutdown=self.stop)
         beat = threading.Thread(target=self._heartbeat, args=(job, control), daemon=True)
         beat.start()
         limit = self.settings.job_memory_limit_bytes
         try:
             with MemoryWatch(limit, lambda rss: self._out_of_memory(job, rss, limit)):
-                self._finish(job, control)
+                state, detail = self._finish(job, control)
         except LeaseLostError:
-            log.warning("job %s: lease lost; another worker owns it now", job.id)
+            state, detail = LEASE_LOST, "another worker owns it now"
         finally:
             control.lost.set()  # stops the heartbeat
             beat.join()
+        elapsed = time.monotonic() - started
+        suffix = f"; {detail}" if detail else ""
+        level = logging.WARNING if state == LEASE_LOST else logging.INFO
+        log.log(level, "job %s: %s after %.1f s%s", job.id, state, elapsed, suffix)
 
-    def _finish(self, job: Job, control: _JobControl) -> None:
+    def _finish(self, job: Job, control: _JobControl) -> tuple[str, str]:
+        """Run the job to an end and record it; returns that end and a detail, for the log."""
         work_dir = self.settings.work_dir / job.id
         try:
             result = self._train_and_publish(job, work_dir, control)
@@ -119,26 +134,24 @@ class Worker:
             if control.shutdown.is_set() and not control.cancel.is_set():
                 # Stopping, not cancelled: give the job back with its checkpoints kept.
                 self.store.release(job.id, self.worker_id)
-                return
+                return "released", "the worker is stopping; the job is queued again"
             self.store.mark_cancelled(job.id, self.worker_id)
-            _remove(work_dir)
-            self._remove_upload(job)
-            return
+            ended = ("cancelled", "")
         except FtserveError as exc:
             self.store.fail(job.id, self.worker_id, exc.code, exc.message)
-            _remove(work_dir)
-            self._remove_upload(job)
-            return
+            ended = ("failed", f"error {exc.code}")
         except Exception as exc:  # a bug must fail the job, not kill the worker
             log.exception("job %s failed", job.id)
             message = f"training failed unexpectedly ({type(exc).__name__}); see worker logs"
             self.store.fail(job.id, self.worker_id, "internal", message)
-            _remove(work_dir)  # a final state: nothing of the job is needed any more
-            self._remove_upload(job)
-            return
-        self.store.succeed(job.id, self.worker_id, result)
+            ended = ("failed", "error internal")
+        else:
+            self.store.succeed(job.id, self.worker_id, result)
+            ended = ("succeeded", f"version {result.get('version')}")
+        # A final state: nothing of the job is needed any more.
         _remove(work_dir)
         self._remove_upload(job)
+        return ended
 
     def _train_and_publish(self, job: Job, work_dir: Path, control: _JobControl) -> dict[str, Any]:
         config = TrainConfig.parse({**job.config, "model_name": job.model_name})
@@ -232,6 +245,8 @@ class _ProgressReporter:
             "step": progress.step,
             "steps": progress.steps,
             "eta_seconds": progress.eta_seconds,
+            # The latest batch's, so that a watcher sees the loss move within an epoch.
+            "metrics": {name: round(value, 6) for name, value in progress.metrics.items()},
         }
         epoch = None
         if progress.epoch_end:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from service.api.app import create_app
@@ -78,3 +80,67 @@ def test_behind_a_proxy_prefix_the_docs_point_at_the_prefixed_document(tmp_path)
 def test_the_docs_routes_are_not_in_the_document(client: TestClient):
     paths = client.get("/openapi.json").json()["paths"]
     assert not {"/docs", "/redoc", "/openapi.json"} & set(paths)
+
+
+# -- the pages' assets, served from the vendored copies --------------------------------------
+
+ASSET_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
+
+
+def asset_urls(html: str) -> list[str]:
+    """Every URL the page's <script src> and <link href> name."""
+    return re.findall(r'<(?:script|link)\b[^>]*?\b(?:src|href)="([^"]*)"', html)
+
+
+@pytest.mark.parametrize(("path", "count"), [("/docs", 3), ("/redoc", 2)])
+def test_the_pages_load_nothing_from_other_hosts(client: TestClient, path: str, count: int):
+    html = client.get(path).text
+    urls = asset_urls(html)
+    assert len(urls) == count, urls  # the script, the style sheet (Swagger UI), the icon
+    for url in urls:
+        assert url.startswith("/ui/vendor/") or url == "data:,", url
+    assert re.search(r"https?:|//[a-z]", html) is None
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_every_asset_a_page_names_is_served_without_the_token(make_client: MakeClient, path):
+    client = make_client(api_token=TOKEN, docs_require_token=True)
+    page = client.get(path, headers={"Authorization": f"Bearer {TOKEN}"})
+    served = []
+    for url in asset_urls(page.text):
+        if url.startswith("data:"):
+            continue
+        asset = client.get(url)  # no token: the vendored files hold nothing secret
+        expected = ASSET_TYPES[url[url.rindex(".") :]]
+        assert asset.status_code == 200, url
+        assert asset.headers["content-type"].split(";")[0] == expected, url
+        assert len(asset.content) > 500, url
+        served.append(url.rsplit("/", 1)[1])
+    assert served == (
+        ["swagger-ui.css", "favicon-32x32.png", "swagger-ui-bundle.js"]
+        if path == "/docs"
+        else ["redoc.standalone.js"]
+    )
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_the_pages_policy_keeps_the_browser_on_this_origin(client: TestClient, path: str):
+    policy = client.get(path).headers["content-security-policy"]
+    directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
+    # ReDoc's sidebar shows a logo from its CDN: the policy is what keeps the page offline.
+    assert directives["img-src"] == "'self' data:"
+    assert directives["default-src"] == directives["connect-src"] == "'self'"
+    assert "unsafe-eval" not in policy and "http" not in policy
+
+
+def test_behind_a_proxy_prefix_the_assets_are_prefixed_and_served(tmp_path):
+    app = create_app(make_settings(tmp_path))
+    with TestClient(app, root_path="/ftserve") as client:
+        urls = [
+            url
+            for path in ("/docs", "/redoc")
+            for url in asset_urls(client.get(path).text)
+            if not url.startswith("data:")
+        ]
+        assert urls and all(url.startswith("/ftserve/ui/vendor/") for url in urls), urls
+        assert all(client.get(url).status_code == 200 for url in urls)

@@ -13,7 +13,7 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.python.asgi import shutdown_lifespans
 
 from service.api.app import create_app
-from service.api.routes import finetune, health, models, predict
+from service.api.routes import backbones, finetune, health, models, predict
 from service.config import Settings
 from tests.api.conftest import MakeClient, TestClient, make_settings
 
@@ -30,11 +30,14 @@ ERRORS = {
     ("GET", "/models"): {401},
     ("GET", "/models/{name}"): {400, 401, 404},
     ("GET", "/models/{name}/versions/{version}/onnx"): {400, 401, 404, 422},
+    ("GET", "/models/{name}/versions/{version}/misclassified"): {400, 401, 404, 422},
+    ("GET", "/models/{name}/versions/{version}/misclassified/{file}"): {400, 401, 404, 422},
     ("PUT", "/models/{name}/labels/{label}"): {400, 401, 404, 409, 422, 504},
     ("DELETE", "/models/{name}/labels/{label}"): {400, 401, 404, 409},
     ("POST", "/models/{name}/rollback"): {400, 401, 404, 409, 504},
     ("DELETE", "/models/{name}/versions/{version}"): {400, 401, 404, 409, 504},
     ("DELETE", "/models/{name}"): {400, 401, 404, 409, 504},
+    ("GET", "/backbones"): {401},
     ("GET", "/healthz"): set(),
     ("GET", "/readyz"): {503},
     ("GET", "/metrics"): set(),
@@ -51,7 +54,13 @@ def test_every_route_is_documented_with_its_errors(make_client: MakeClient):
     document = make_client(api_token=TOKEN).get("/openapi.json").json()
     routes = {
         (method, route.path)
-        for router in (finetune.router, predict.router, models.router, health.router)
+        for router in (
+            finetune.router,
+            predict.router,
+            models.router,
+            health.router,
+            backbones.router,
+        )
         for route in router.routes
         if isinstance(route, APIRoute)
         for method in route.methods

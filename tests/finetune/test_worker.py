@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -59,11 +61,22 @@ def upload(settings: Settings, dataset: Path, name: str) -> Path:
     return Path(archive)
 
 
-def test_worker_trains_publishes_and_reports(store, settings, dataset):
+def worker_log(caplog: pytest.LogCaptureFixture, job_id: str) -> list[str]:
+    """What the worker logged about ``job_id``, without the prefix."""
+    prefix = f"job {job_id}: "
+    return [
+        record.getMessage().removeprefix(prefix)
+        for record in caplog.records
+        if record.name == "service.finetune.worker" and record.getMessage().startswith(prefix)
+    ]
+
+
+def test_worker_trains_publishes_and_reports(store, settings, dataset, caplog):
     archive = upload(settings, dataset, "job-upload")
     job = store.enqueue("shapes", CONFIG, str(archive))
 
-    Worker(store, settings, "w1").run(once=True)
+    with caplog.at_level(logging.INFO, logger="service.finetune.worker"):
+        Worker(store, settings, "w1").run(once=True)
 
     done = store.get(job.id)
     assert done.state == JobState.SUCCEEDED, done.error
@@ -81,38 +94,51 @@ def test_worker_trains_publishes_and_reports(store, settings, dataset):
     phases = [(entry["phase"], entry["epoch"]) for entry in done.history]
     assert ("head", 1) in phases and ("fine_tune", 2) in phases
     assert done.progress is not None and done.attempts == 1
+    # The last batch metrics reported travel with the progress.
+    assert isinstance(done.progress["metrics"]["loss"], float)
+    lines = worker_log(caplog, job.id)
+    assert (
+        lines[0] == f"claimed: model shapes, base model small_cnn, attempt 1 of {job.max_attempts}"
+    )
+    assert re.fullmatch(r"succeeded after \d+\.\d s; version 1", lines[-1]), lines
     assert ModelRepository(settings.model_repo).find_job_version("shapes", job.id) == 1
     assert not archive.exists()  # the upload was the job's own copy
     assert not (settings.work_dir / job.id).exists()
     assert dataset.is_dir()
 
 
-def test_unusable_dataset_fails_the_job_with_its_code(store, settings, tmp_path):
+def test_unusable_dataset_fails_the_job_with_its_code(store, settings, tmp_path, caplog):
     lonely = tmp_path / "lonely"
     make_shapes_dataset(lonely, images_per_class=4, image_size=32, classes=("circle",))
     job = store.enqueue("shapes", CONFIG, str(lonely))
 
-    Worker(store, settings, "w1").run(once=True)
+    with caplog.at_level(logging.INFO, logger="service.finetune.worker"):
+        Worker(store, settings, "w1").run(once=True)
 
     failed = store.get(job.id)
     assert failed.state == JobState.FAILED
     assert failed.error["code"] == "dataset_unusable"
     assert ModelRepository(settings.model_repo).versions("shapes") == []
     assert lonely.is_dir()  # a data_uri folder is the user's: never removed
+    ended = worker_log(caplog, job.id)[-1]
+    assert re.fullmatch(r"failed after \d+\.\d s; error dataset_unusable", ended), ended
 
 
-def test_cancel_while_running_stops_within_a_batch_and_publishes_nothing(store, settings, dataset):
+def test_cancel_while_running_stops_within_a_batch_and_publishes_nothing(
+    store, settings, dataset, caplog
+):
     job = store.enqueue("shapes", {**CONFIG, "fine_tune_epochs": 200}, str(dataset))
     worker = Worker(store, settings, "w1")
     store.lease_seconds = 0.6  # heartbeats every 0.2 s pick the request up quickly
     thread = threading.Thread(target=worker.run, kwargs={"once": True})
-    thread.start()
-    deadline = time.monotonic() + 120
-    while (store.get(job.id).progress or {}).get("phase") != "fine_tune":
-        assert time.monotonic() < deadline, "training never reached fine-tuning"
-        time.sleep(0.1)
-    store.cancel(job.id)
-    thread.join(timeout=120)
+    with caplog.at_level(logging.INFO, logger="service.finetune.worker"):
+        thread.start()
+        deadline = time.monotonic() + 120
+        while (store.get(job.id).progress or {}).get("phase") != "fine_tune":
+            assert time.monotonic() < deadline, "training never reached fine-tuning"
+            time.sleep(0.1)
+        store.cancel(job.id)
+        thread.join(timeout=120)
 
     cancelled = store.get(job.id)
     assert cancelled.state == JobState.CANCELLED
@@ -120,6 +146,7 @@ def test_cancel_while_running_stops_within_a_batch_and_publishes_nothing(store, 
     assert max(finished, default=0) < 200
     assert ModelRepository(settings.model_repo).versions("shapes") == []
     assert not (settings.work_dir / job.id).exists()
+    assert re.fullmatch(r"cancelled after \d+\.\d s", worker_log(caplog, job.id)[-1])
 
 
 def test_a_cancel_during_export_wins_and_publishes_nothing(store, settings, dataset):

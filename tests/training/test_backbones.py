@@ -288,3 +288,22 @@ def test_the_contract_names_every_registered_backbone():
     from service.training.backbones import BACKBONES
 
     assert sorted(BASE_MODELS) == sorted(BACKBONES)
+
+
+def test_the_contract_describes_each_backbone_as_the_registry_builds_it():
+    from service.contract.train_config import BACKBONE_TABLE
+
+    for described in BACKBONE_TABLE:
+        built = BACKBONES[described.name]
+        assert (
+            described.default_image_size,
+            described.min_image_size,
+            described.preprocessing,
+            described.imagenet_weights,
+        ) == (
+            built.default_size,
+            built.min_size,
+            built.preprocessing,
+            built.imagenet_file is not None,
+        ), described.name
+        assert described.preprocessing in BackbonePreprocessing.MODES

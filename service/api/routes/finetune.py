@@ -189,6 +189,21 @@ def cancel_job(job_id: str, store: JobStoreDep, settings: SettingsDep) -> JSONRe
 async def follow_job(
     job: ExistingJobDep, store: JobStoreDep, metrics: MetricsDep
 ) -> AsyncIterator[ServerSentEvent]:
-    """``progress`` and ``state`` events, each with the job as JSON; ends in a final state."""
+    """Three kinds of event, each with one JSON object as `data`:
+
+    - `state` (a `JobStateEvent`): `job_id`, `status`, `attempts`, `cancel_requested`,
+      `started_at`, `finished_at`; in a final state (`succeeded`, `failed`, `cancelled`)
+      also `result` and `error`.
+    - `progress` (a `ProgressEvent`): `phase` (`features`, `head`, `fine_tune`, `evaluate`, then
+      `publishing`), `epoch`, `epochs`, `step`, `steps`, `eta_seconds`, and `metrics`, the
+      latest batch's metrics.
+    - `epoch`: one row of the job's `history`, e.g.
+      `{"phase": "head", "epoch": 1, "loss": 0.41, "val_loss": 0.38}`. An epoch redone after
+      a crash comes again with the same `phase` and `epoch` and replaces the earlier row.
+
+    On connect: `state`, then one `epoch` per history row recorded so far, then the latest
+    `progress`; afterwards each change. The stream ends right after a final `state` (a job
+    already finished gets only that event). Event ids count up from 1.
+    """
     async for event in job_events(store, job, metrics):
         yield event
