@@ -70,6 +70,7 @@ def build_model_card(
     saved_model_path: Path,
     onnx_max_abs_diff: float,
     parity_images: int,
+    misclassified: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything worth knowing about one exported version.
 
@@ -80,6 +81,8 @@ def build_model_card(
         saved_model_path: the written SavedModel, whose signatures the card describes.
         onnx_max_abs_diff: the ONNX parity measured at export.
         parity_images: how many images that parity was measured on.
+        misclassified: the held-out images it got wrong and the thumbnails kept of them
+            (``service.training.mistakes.write_thumbnails``).
     """
     summary = result.summary()
     return {
@@ -99,6 +102,7 @@ def build_model_card(
             for key in ("runtime", "used_feature_cache", "history", "fine_tune", "timings")
         },
         "evaluation": summary["evaluation"],
+        "misclassified": misclassified,
         "onnx": {
             "file": ONNX_FILE,
             "opset": ONNX_OPSET,

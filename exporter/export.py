@@ -1,7 +1,8 @@
 """Turn a training result into one complete model version directory, and check one.
 
 A version directory is a SavedModel (see signatures.py) plus ``assets.extra/`` holding
-``model.onnx``, ``model_card.json``, ``labels.txt`` and ``tf_serving_warmup_requests``.
+``model.onnx``, ``model_card.json``, ``labels.txt``, ``tf_serving_warmup_requests`` and
+``misclassified/`` (thumbnails of the held-out images the model got wrong).
 ``export_model`` writes it (the repository points it at a staging folder); ``verify_export``
 loads it back and checks it answers like the in-memory model, before anyone may serve it.
 """
@@ -27,12 +28,14 @@ from exporter.warmup import write_warmup_requests
 from service.contract.repository import (
     ASSETS_EXTRA,
     LABELS_FILE,
+    MISCLASSIFIED_DIR,
     MODEL_CARD_FILE,
     ONNX_FILE,
     WARMUP_FILE,
 )
 from service.contract.signatures import BYTES_INPUT, PROBABILITIES, SERVING_DEFAULT
 from service.errors import ExportError
+from service.training.mistakes import write_thumbnails
 from service.training.preprocessing import decode_and_resize
 from service.training.trainer import TrainingResult
 
@@ -104,7 +107,13 @@ def export_model(
 
     (extra / LABELS_FILE).write_text(labels_text(result.classes), encoding="utf-8")
     write_warmup_requests(extra / WARMUP_FILE, model_name, samples[:WARMUP_IMAGES])
-    card = build_model_card(result, model_name, version, out_dir, difference, len(samples))
+    # Now, while the job's images still exist: the job folder goes once the job ends.
+    misclassified = write_thumbnails(
+        result.mistakes, result.classes, extra / MISCLASSIFIED_DIR, max_image_pixels
+    )
+    card = build_model_card(
+        result, model_name, version, out_dir, difference, len(samples), misclassified
+    )
     (extra / MODEL_CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return ExportReport(out_dir, onnx_path, difference, card)
 

@@ -8,9 +8,11 @@ rendered with the project's own copy of ``ModelServerConfig`` (``protos/service/
 so the API, which has no tensorflow-serving-api, reads and writes the same repository.
 
 Each version holds ``assets.extra/`` with ``model.onnx``, ``model_card.json``, ``labels.txt``
-and ``tf_serving_warmup_requests``. Next to the versions, each model keeps its serving
-state (``serving_state``): which versions are served and under which labels. A published
-version is not served until a label move (``service.contract.lifecycle``) serves it.
+and ``tf_serving_warmup_requests``, and ``misclassified/``: thumbnails of held-out images the
+version got wrong, listed in its ``index.json`` (older versions lack it). Next to the
+versions, each model keeps its serving state (``serving_state``): which versions are served
+and under which labels. A published version is not served until a label move
+(``service.contract.lifecycle``) serves it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ ONNX_FILE = "model.onnx"
 MODEL_CARD_FILE = "model_card.json"
 LABELS_FILE = "labels.txt"
 WARMUP_FILE = "tf_serving_warmup_requests"  # TF Serving's name: it replays these at load
+MISCLASSIFIED_DIR = "misclassified"
+MISCLASSIFIED_INDEX = "index.json"
+MISCLASSIFIED_PER_CLASS = 8  # thumbnails kept per true class: the most confident mistakes
+THUMBNAIL_MAX_SIDE = 128
 STAGING_PREFIX = ".staging-"
 CONFIG_NAME = "models.config"
 _CONFIG_TMP_PREFIX = ".models.config.tmp-"
@@ -356,6 +362,11 @@ def onnx_file(version_dir: Path) -> Path | None:
     """The ONNX file of the version in ``version_dir``, or None if it has none."""
     path = version_dir / ASSETS_EXTRA / ONNX_FILE
     return path if path.is_file() else None
+
+
+def misclassified_dir(version_dir: Path) -> Path:
+    """Where the version in ``version_dir`` keeps its misclassified thumbnails and index."""
+    return version_dir / ASSETS_EXTRA / MISCLASSIFIED_DIR
 
 
 def _lock_path(staging: Path) -> Path:

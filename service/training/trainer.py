@@ -37,6 +37,7 @@ from service.training.callbacks import (
 )
 from service.training.dataset import DatasetIndex, open_dataset, stratified_split
 from service.training.evaluation import evaluate
+from service.training.mistakes import Mistake, find_mistakes
 from service.training.model import Classifier, build_classifier, fine_tune_start, unfreeze_from
 from service.training.pipeline import (
     PipelineOptions,
@@ -76,6 +77,8 @@ class TrainingResult:
     timings: dict[str, float] = field(default_factory=dict)
     # The held-out images, sorted by class: the exporter checks and warms up with them.
     validation_paths: tuple[Path, ...] = ()
+    # The held-out images the model got wrong, most confident first (thumbnails come from it).
+    mistakes: tuple[Mistake, ...] = ()
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -229,6 +232,7 @@ def train(
         evaluation=evaluation,
         timings=run.timings,
         validation_paths=tuple(Path(p) for p in data.val_paths),
+        mistakes=find_mistakes(probabilities, data.val_labels, data.val_paths),
     )
 
 

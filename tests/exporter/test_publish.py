@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from exporter.publish import publish_result
 from service.contract.repository import ModelRepository
@@ -66,3 +68,39 @@ def test_the_job_id_in_the_card_finds_the_version_a_job_published(result, tmp_pa
     assert repository.find_job_version("shapes", "job-c") is None
     card = json.loads((second.path / "assets.extra" / "model_card.json").read_text())
     assert card["job_id"] == "job-b"
+
+
+def test_the_published_version_keeps_thumbnails_of_its_mistakes(result, tmp_path):
+    repository = ModelRepository(tmp_path / "repo")
+
+    published = publish_result(result, repository)
+
+    folder = published.path / "assets.extra" / "misclassified"
+    index = json.loads((folder / "index.json").read_text())
+    confusion = np.asarray(result.evaluation["confusion_matrix"])
+    total = int(confusion.sum() - np.trace(confusion))
+    assert total > 0  # the session's model is barely trained: it gets some wrong
+    assert index["total"] == total
+    items = index["items"]
+    per_class = Counter(item["true_label"] for item in items)
+    assert len(items) == sum(min(8, n) for n in confusion.sum(axis=1) - np.diag(confusion))
+    assert max(per_class.values()) <= 8
+    assert [item["score"] for item in items] == sorted((i["score"] for i in items), reverse=True)
+    for item in items:
+        assert item["true_label"] in result.classes and item["predicted_label"] in result.classes
+        assert item["true_label"] != item["predicted_label"]
+        assert 0 < item["score"] <= 1
+        with Image.open(folder / item["file"]) as image:
+            assert (image.format, image.mode) == ("JPEG", "RGB")
+            assert max(image.size) <= 128
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [*(item["file"] for item in items), "index.json"]
+    )
+    card = json.loads((published.path / "assets.extra" / "model_card.json").read_text())
+    assert card["misclassified"] == {
+        "total": total,
+        "thumbnails": len(items),
+        "skipped": 0,
+        "limit_per_class": 8,
+        "max_side": 128,
+    }

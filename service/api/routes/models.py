@@ -1,13 +1,20 @@
-"""Models in the repository: list, describe, label, roll back, delete; download ONNX."""
+"""Models in the repository: list, describe, label, roll back, delete; download ONNX; look at
+the validation images a version got wrong."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from service.api.deps import LifecycleDep, PredictClientDep, RepositoryDep
+from service.api.misclassified import (
+    CACHE_CONTROL,
+    MisclassifiedList,
+    list_misclassified,
+    thumbnail_bytes,
+)
 from service.api.models import describe_model, list_models, model_versions, onnx_path
 from service.api.schemas import (
     MAX_VERSION,
@@ -27,6 +34,7 @@ from service.errors import (
     ModelNotFoundError,
     ModelServerTimeoutError,
     NoPreviousVersionError,
+    NotFoundError,
     UnauthorizedError,
     UnprocessableError,
     VersionFailedError,
@@ -51,6 +59,9 @@ Label = Annotated[
 ]
 Version = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 Force = Annotated[bool, Query(description="Also when the label(s) still carry traffic.")]
+ThumbnailFile = Annotated[
+    str, Path(description="A file name from the version's misclassified list, e.g. 0001.jpg.")
+]
 _MODEL_ERRORS = (InvalidModelNameError, UnauthorizedError, ModelNotFoundError)
 
 
@@ -184,3 +195,34 @@ def download_onnx(name: ModelName, version: Version, repository: RepositoryDep) 
     path = onnx_path(repository, name, version)
     filename = f"{name}-{version}.onnx"
     return FileResponse(path, media_type="application/octet-stream", filename=filename)
+
+
+@router.get(
+    "/{name}/versions/{version}/misclassified",
+    response_model=MisclassifiedList,
+    summary="Validation images the version got wrong, most confident mistakes first",
+    responses=error_responses(*_MODEL_ERRORS, VersionNotFoundError, UnprocessableError),
+)
+def get_misclassified(
+    name: ModelName, version: Version, repository: RepositoryDep
+) -> MisclassifiedList:
+    return list_misclassified(repository, name, version)
+
+
+@router.get(
+    "/{name}/versions/{version}/misclassified/{file}",
+    response_class=Response,
+    summary="One thumbnail of a misclassified validation image",
+    responses={
+        200: {
+            "description": "The thumbnail, longest side at most 128 pixels.",
+            "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **error_responses(*_MODEL_ERRORS, VersionNotFoundError, NotFoundError, UnprocessableError),
+    },
+)
+def get_misclassified_image(
+    name: ModelName, version: Version, file: ThumbnailFile, repository: RepositoryDep
+) -> Response:
+    content = thumbnail_bytes(repository, name, version, file)
+    return Response(content, media_type="image/jpeg", headers={"Cache-Control": CACHE_CONTROL})
