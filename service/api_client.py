@@ -1,8 +1,9 @@
 """A small client for the ftserve HTTP API, on the Python standard library alone.
 
-``ftserve models`` uses it. It imports nothing from ``service.api`` (only the CLI may) and
-nothing heavy, so it runs wherever Python does. Every method returns the API's JSON document
-as parsed, unchanged, so ``--json`` can print exactly what the API answered.
+``ftserve models``, ``ftserve jobs`` and ``ftserve predict`` use it. It imports nothing from
+``service.api`` (only the CLI may) and nothing heavy, so it runs wherever Python does. Every
+method returns the API's JSON document as parsed, unchanged, so ``--json`` can print exactly
+what the API answered; ``open_events`` hands over the event stream itself.
 
 Errors, translated from urllib in one place (``ApiClient._request``)::
 
@@ -15,12 +16,16 @@ Errors, translated from urllib in one place (``ApiClient._request``)::
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import urllib.error
 import urllib.request
+import uuid
+from collections.abc import Iterator
 from http import HTTPStatus
+from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -33,6 +38,8 @@ API_TOKEN_ENV = "FTSERVE_API_TOKEN"  # the same variable the API reads its token
 # model server to load the version; wait a little longer so its 504 arrives, not ours.
 DEFAULT_TIMEOUT_SECONDS = 330.0
 BAD_RESPONSE = "bad_response"
+EVENT_STREAM = "text/event-stream"
+_CHUNK_BYTES = 1024 * 1024  # how much of an upload is read into memory at a time
 
 Document = dict[str, Any]
 
@@ -127,6 +134,53 @@ class ApiClient:
         """``DELETE /models/{name}``: every version (with labels only with ``force``)."""
         return self._request("DELETE", _path("models", name), query=_force(force))
 
+    def submit_job(self, archive: Path, config: Document) -> Document:
+        """``POST /finetune``: upload ``archive`` (zip or tar) with ``config``, streamed from
+        disk as multipart; the 202 document (``job_id``, ``status``, ``model_name``, ...)."""
+        return self._upload("/finetune", MultipartForm(archive, config))
+
+    def get_job(self, job_id: str) -> Document:
+        """``GET /finetune/{id}``: the whole job, its history and result included."""
+        return self._request("GET", _path("finetune", job_id))
+
+    def list_jobs(self, status: str | None = None, limit: int = 50, offset: int = 0) -> Document:
+        """``GET /finetune``: one page of jobs, newest first (``items``, ``total``, ...)."""
+        query = {"limit": str(limit), "offset": str(offset)}
+        if status:
+            query["status"] = status
+        return self._request("GET", "/finetune", query=query)
+
+    def cancel_job(self, job_id: str) -> Document:
+        """``DELETE /finetune/{id}``: the job, cancelled (queued) or asked to stop (running)."""
+        return self._request("DELETE", _path("finetune", job_id))
+
+    def predict(self, body: Document) -> Document:
+        """``POST /predict`` with ``{"model", "instances": [{"b64": ...}], ...}``."""
+        return self._request("POST", "/predict", body)
+
+    def open_events(
+        self, job_id: str, last_event_id: str | None, read_timeout: float
+    ) -> http.client.HTTPResponse:
+        """``GET /finetune/{id}/events``, open: read its bytes, then close it.
+
+        Raises:
+            ApiError: the API refused (an unknown job, say) or did not answer with events.
+        """
+        url = self.base_url + _path("finetune", job_id, "events")
+        headers = self._headers(EVENT_STREAM)
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        response = self._open(urllib.request.Request(url, headers=headers), url, read_timeout)
+        media_type = response.headers.get_content_type()
+        if media_type != EVENT_STREAM:
+            response.close()
+            raise ApiError(
+                f"{url} answered {media_type}, not server-sent events: is it the ftserve API?",
+                BAD_RESPONSE,
+                HTTPStatus.BAD_GATEWAY,
+            )
+        return response
+
     def _request(
         self,
         method: str,
@@ -136,21 +190,63 @@ class ApiClient:
     ) -> Document:
         """Send one request; the answer's JSON document, or the error it stands for."""
         url = self.base_url + path + (f"?{urlencode(query)}" if query else "")
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(url, data, self._headers(data is not None), method=method)
-        try:
-            with self._opener.open(request, timeout=self.timeout) as response:
+        headers = self._headers()
+        data = None
+        if body is not None:
+            data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+        request = urllib.request.Request(url, data, headers, method=method)
+        with self._open(request, url, self.timeout) as response:
+            try:
                 return _document(url, response.status, response.read())
+            except (OSError, http.client.HTTPException) as exc:  # cut off mid-answer
+                raise ApiUnreachableError(self._unreachable(url, exc)) from exc
+
+    def _upload(self, path: str, form: MultipartForm) -> Document:
+        """POST ``form`` over http.client rather than urllib.
+
+        An API that refuses an upload (too large, say) answers before reading it all and may
+        reset the connection; urllib then reports only the reset, while here the answer is
+        still read. Proxies named in the environment are not used for uploads.
+        """
+        url = self.base_url + path
+        parts = urlsplit(url)
+        https = parts.scheme == "https"
+        kind = http.client.HTTPSConnection if https else http.client.HTTPConnection
+        connection = kind(parts.hostname or "", parts.port, timeout=self.timeout)
+        headers = {
+            **self._headers(),
+            "Content-Type": form.content_type,
+            "Content-Length": str(form.length),
+        }
+        try:
+            # A reset mid-body: the API stopped reading, and its answer says why.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                connection.request("POST", parts.path, body=form, headers=headers)
+            response = connection.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise ApiUnreachableError(self._unreachable(url, exc)) from exc
+        finally:
+            connection.close()
+        if response.status >= 300:  # redirects are not followed, as in _open
+            raise _error_answer(url, response.status, response.getheader("Location"), raw)
+        return _document(url, response.status, raw)
+
+    def _open(
+        self, request: urllib.request.Request, url: str, timeout: float
+    ) -> http.client.HTTPResponse:
+        """The open response to ``request``; an API error answer raised as ``ApiError``."""
+        try:
+            response: http.client.HTTPResponse = self._opener.open(request, timeout=timeout)
         except urllib.error.HTTPError as exc:
             with exc:  # it holds the open response
                 raise _error_of(url, exc) from None
         except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
             raise ApiUnreachableError(self._unreachable(url, exc)) from exc
+        return response
 
-    def _headers(self, has_body: bool) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": "ftserve-cli"}
-        if has_body:
-            headers["Content-Type"] = "application/json"
+    def _headers(self, accept: str = "application/json") -> dict[str, str]:
+        headers = {"Accept": accept, "User-Agent": "ftserve-cli"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
@@ -160,6 +256,40 @@ class ApiClient:
         if isinstance(reason, TimeoutError):
             return f"No answer from the API at {url} within {self.timeout:g} s"
         return f"Cannot reach the API at {url}: {str(reason) or type(reason).__name__}"
+
+
+class MultipartForm:
+    """A ``multipart/form-data`` body of a ``config`` JSON field and a ``dataset`` file,
+    produced chunk by chunk, so that an archive of any size is never held in memory.
+
+    Its ``length`` is known before sending (the file's size plus the framing), so the API
+    can refuse a too-large upload from its ``Content-Length`` before reading any of it.
+    """
+
+    def __init__(self, archive: Path, config: Document) -> None:
+        self.archive = archive
+        boundary = f"ftserve-{uuid.uuid4().hex}"
+        self.content_type = f"multipart/form-data; boundary={boundary}"
+        # The API reads the config before the archive only if it comes first: it does.
+        filename = archive.name.replace('"', "_").replace("\r", "_").replace("\n", "_")
+        self._head = (
+            f"--{boundary}\r\n"
+            'Content-Disposition: form-data; name="config"\r\n'
+            "Content-Type: application/json\r\n\r\n"
+            f"{json.dumps(config)}\r\n"
+            f"--{boundary}\r\n"
+            f'Content-Disposition: form-data; name="dataset"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        self._tail = f"\r\n--{boundary}--\r\n".encode()
+        self.length = len(self._head) + archive.stat().st_size + len(self._tail)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._head
+        with open(self.archive, "rb") as file:
+            while chunk := file.read(_CHUNK_BYTES):
+                yield chunk
+        yield self._tail
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -203,15 +333,23 @@ def _document(url: str, status: int, raw: bytes) -> Document:
 
 def _error_of(url: str, exc: urllib.error.HTTPError) -> ApiError:
     """The API's ``{"error": {"code", "message"}}`` as an ``ApiError``, or a stand-in."""
-    status = _http_status(exc.code)
     try:
-        error = json.loads(exc.read())["error"]
-        return ApiError(str(error["message"]), str(error["code"]), status)
-    except (ValueError, TypeError, KeyError, OSError, http.client.HTTPException):
-        pass
+        raw = exc.read()
+    except (OSError, http.client.HTTPException):
+        raw = b""
     location = exc.headers.get("Location") if exc.headers else None
+    return _error_answer(url, exc.code, location, raw)
+
+
+def _error_answer(url: str, code: int, location: str | None, raw: bytes) -> ApiError:
+    status = _http_status(code)
+    try:
+        error = json.loads(raw)["error"]
+        return ApiError(str(error["message"]), str(error["code"]), status)
+    except (ValueError, TypeError, KeyError):
+        pass
     where = f" (to {location})" if location else ""
-    message = f"{url} answered {exc.code} {status.phrase}{where}, not an ftserve API error"
+    message = f"{url} answered {code} {status.phrase}{where}, not an ftserve API error"
     return ApiError(message, BAD_RESPONSE, status)
 
 

@@ -189,6 +189,7 @@ def test_show_json_is_the_model_detail(api, capsys):
         "metrics": {},
         "promotion": None,
         "onnx_url": None,
+        "card_url": None,
     }
 
 

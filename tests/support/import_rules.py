@@ -35,10 +35,21 @@ RULES = (
         Rule(f"service.{name}", TF, "imported by the API tier, which has no TensorFlow")
         for name in ("jobs", "contract", "ingest", "model_client", "api_client")
     ),
-    Rule(
-        "service.api_client",
-        ("service.api", "service.jobs", "service.training", "service.finetune", "exporter"),
-        "the CLI's HTTP client speaks to the API over HTTP, not through its code",
+    *(
+        Rule(
+            f"service.{name}",
+            (
+                "service.api",
+                "service.jobs",
+                "service.training",
+                "service.finetune",
+                "exporter",
+                *TF,
+            ),
+            "the CLI's client speaks to the API over HTTP and to the model server over gRPC,"
+            " not through their code, and runs without TensorFlow",
+        )
+        for name in ("api_client", "client")
     ),
     Rule(
         "service.contract",
