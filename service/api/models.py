@@ -14,7 +14,13 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.schemas import ModelDetail, ModelSummary, VersionView
 from service.contract.names import check_model_name
-from service.contract.repository import ModelRepository, onnx_file, read_model_card
+from service.contract.repository import (
+    ASSETS_EXTRA,
+    MODEL_CARD_FILE,
+    ModelRepository,
+    onnx_file,
+    read_model_card,
+)
 from service.contract.serving_state import ServingState
 from service.errors import FtserveError, ModelNotFoundError, VersionNotFoundError
 from service.model_client.client import PredictClient, VersionStatus
@@ -58,6 +64,17 @@ def onnx_path(repository: ModelRepository, model: str, version: int) -> Path:
     return path
 
 
+def model_card_path(repository: ModelRepository, model: str, version: int) -> Path:
+    """A version's model card file (``ModelNotFoundError`` if the version or its card is
+    missing)."""
+    if version not in model_versions(repository, model):
+        raise VersionNotFoundError(f"Model {model!r} has no version {version}")
+    path = repository.version_path(model, version) / ASSETS_EXTRA / MODEL_CARD_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(f"Version {version} of model {model!r} has no model card")
+    return path
+
+
 async def describe_model(
     repository: ModelRepository, client: PredictClient, model: str
 ) -> ModelDetail:
@@ -92,6 +109,7 @@ async def describe_model(
                 metrics=_metrics(card),
                 promotion=(card or {}).get("promotion"),
                 onnx_url=f"/models/{model}/versions/{version}/onnx" if has_onnx[version] else None,
+                card_url=f"/models/{model}/versions/{version}/model_card" if card else None,
             )
         )
     return ModelDetail(name=model, labels=dict(sorted(state.labels.items())), versions=views)

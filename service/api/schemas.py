@@ -287,6 +287,7 @@ class VersionView(BaseModel):
         description="The champion/challenger decision taken when it was published."
     )
     onnx_url: str | None = Field(description="Where to download the ONNX file, if it has one.")
+    card_url: str | None = Field(description="Where to download its model card, if it has one.")
 
 
 class ModelDetail(BaseModel):

@@ -50,6 +50,7 @@ def test_describe_model_has_labels_state_metrics_and_onnx_link(
                 },
                 "promotion": None,
                 "onnx_url": f"/models/{MODEL}/versions/1/onnx",
+                "card_url": f"/models/{MODEL}/versions/1/model_card",
             }
         ],
     }
@@ -96,6 +97,31 @@ def test_download_onnx(served_client: TestClient, model_server):
     assert response.headers["content-type"] == "application/octet-stream"
     assert response.content == (repo / MODEL / "1" / ONNX).read_bytes()
     assert f'filename="{MODEL}-1.onnx"' in response.headers["content-disposition"]
+
+
+def test_download_the_model_card(make_client: MakeClient, tmp_path: Path, template: Template):
+    repo = tmp_path / "repo"
+    add_version(repo, template.version_dir)
+    response = make_client(model_repo=repo).get(f"/models/{MODEL}/versions/1/model_card")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    card_file = repo / MODEL / "1" / "assets.extra" / "model_card.json"
+    assert response.json() == json.loads(card_file.read_text())
+    assert f'filename="{MODEL}-1-model_card.json"' in response.headers["content-disposition"]
+
+
+def test_version_without_model_card_is_404(
+    make_client: MakeClient, tmp_path: Path, template: Template
+):
+    repo = tmp_path / "repo"
+    add_version(repo, template.version_dir)
+    (repo / MODEL / "1" / "assets.extra" / "model_card.json").unlink()
+    client = make_client(model_repo=repo)
+    response = client.get(f"/models/{MODEL}/versions/1/model_card")
+    assert error_of(response) == (404, "model_not_found")
+    assert client.get(f"/models/{MODEL}").json()["versions"][0]["card_url"] is None
+    missing = client.get(f"/models/{MODEL}/versions/2/model_card")
+    assert error_of(missing) == (404, "version_not_found")
 
 
 def test_version_without_onnx_is_404(make_client: MakeClient, tmp_path: Path, template: Template):

@@ -30,6 +30,7 @@ ERRORS = {
     ("GET", "/models"): {401},
     ("GET", "/models/{name}"): {400, 401, 404},
     ("GET", "/models/{name}/versions/{version}/onnx"): {400, 401, 404, 422},
+    ("GET", "/models/{name}/versions/{version}/model_card"): {400, 401, 404, 422},
     ("GET", "/models/{name}/versions/{version}/misclassified"): {400, 401, 404, 422},
     ("GET", "/models/{name}/versions/{version}/misclassified/{file}"): {400, 401, 404, 422},
     ("PUT", "/models/{name}/labels/{label}"): {400, 401, 404, 409, 422, 504},

@@ -15,7 +15,13 @@ from service.api.misclassified import (
     list_misclassified,
     thumbnail_bytes,
 )
-from service.api.models import describe_model, list_models, model_versions, onnx_path
+from service.api.models import (
+    describe_model,
+    list_models,
+    model_card_path,
+    model_versions,
+    onnx_path,
+)
 from service.api.schemas import (
     MAX_VERSION,
     Deleted,
@@ -195,6 +201,29 @@ def download_onnx(name: ModelName, version: Version, repository: RepositoryDep) 
     path = onnx_path(repository, name, version)
     filename = f"{name}-{version}.onnx"
     return FileResponse(path, media_type="application/octet-stream", filename=filename)
+
+
+@router.get(
+    "/{name}/versions/{version}/model_card",
+    response_class=FileResponse,
+    summary="Download a version's model card",
+    responses={
+        200: {
+            "description": "The model card written when the version was published: its"
+            " training config, data split, evaluation, lineage and promotion decision.",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        **error_responses(
+            InvalidModelNameError, UnauthorizedError, ModelNotFoundError, UnprocessableError
+        ),
+    },
+)
+def download_model_card(
+    name: ModelName, version: Version, repository: RepositoryDep
+) -> FileResponse:
+    path = model_card_path(repository, name, version)
+    filename = f"{name}-{version}-model_card.json"
+    return FileResponse(path, media_type="application/json", filename=filename)
 
 
 @router.get(

@@ -175,9 +175,17 @@ function promotionCell(promotion) {
 }
 
 function files(model, version) {
-  if (!version.onnx_url) return "–";
-  const filename = `${model}-${version.version}.onnx`;
-  return downloadLink(version.onnx_url, filename, "ONNX", "onnx-link");
+  const links = [];
+  if (version.onnx_url) {
+    const filename = `${model}-${version.version}.onnx`;
+    links.push(downloadLink(version.onnx_url, filename, "ONNX", "onnx-link"));
+  }
+  if (version.card_url) {
+    const filename = `${model}-${version.version}-model_card.json`;
+    if (links.length) links.push(" · ");
+    links.push(downloadLink(version.card_url, filename, "Model card", "card-link"));
+  }
+  return links.length ? links : "–";
 }
 
 function versionActions(version, path, act) {
