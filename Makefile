@@ -8,7 +8,19 @@ API_VENV := .venv-api
 API_STAMP := $(API_VENV)/.installed
 API_TESTS := tests/api tests/contract tests/ingest tests/jobs tests/test_architecture.py
 
-.PHONY: venv run test test-main test-api lint format bench clean protos
+# `make run`: where the stack listens and how many workers train (`make run PORT=9000
+# WORKERS=2`). Everything else comes from the environment, on either side of `make`:
+# `make run FTSERVE_API_TOKEN=s3cret`, `FTSERVE_DATABASE_URL=postgresql+psycopg://... make
+# run`, FTSERVE_MODEL_REPO=/srv/models (README: "Run it your way").
+HOST ?= 127.0.0.1
+PORT ?= 8000
+GRPC_PORT ?= 8500
+REST_PORT ?= 8501
+WORKERS ?=
+# The browser tests drive this chromium through Playwright; without it they skip.
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: venv run test test-main test-api browser lint format bench clean protos
 
 # The virtual environment is rebuilt whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -28,19 +40,29 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/ftserve sample-data var/sample --overwrite
 	cd var && ../$(BIN)/python -m zipfile -c sample.zip sample/
-	# The model server, a worker and the API on this machine (Ctrl-C stops all three).
-	$(BIN)/ftserve serve --port 8000 --grpc-port 8500 --rest-port 8501
+	# The model server, the workers and the API on this machine (Ctrl-C stops them all).
+	$(BIN)/ftserve serve --host $(HOST) --port $(PORT) --grpc-port $(GRPC_PORT) \
+		--rest-port $(REST_PORT) $(if $(WORKERS),--workers $(WORKERS))
 
 test: lint test-main test-api
 
-# Everything that needs TensorFlow, in the main environment.
-test-main: $(STAMP)
+# Everything that needs TensorFlow, in the main environment (the browser tests included).
+test-main: $(STAMP) browser
 	$(BIN)/python -m pytest $(addprefix --ignore=,$(API_TESTS))
 
 # The API, contract, ingest and jobs tests without TensorFlow installed; model servers they
 # start run on the main environment's Python.
 test-api: $(STAMP) $(API_STAMP)
 	FTSERVE_TEST_TF_PYTHON=$(abspath $(BIN)/python) $(API_VENV)/bin/python -m pytest $(API_TESTS)
+
+# Installs chromium for the browser tests where it is missing and this user may (root with
+# apt-get). When it cannot, the tests that need it skip, naming the reason; `make test` goes on.
+browser:
+	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium for the browser tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+			|| echo "chromium could not be installed: the browser tests will skip"; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check service exporter tests bench

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, where it is caught, not at exit
+        return code
     except FtserveError as exc:
         if getattr(args, "json", False):
             print(json.dumps(exc.to_dict()))
@@ -24,6 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`ftserve jobs list | head`): stop quietly, as other tools do.
+        # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="API port")
     serve.add_argument("--grpc-port", type=int, default=8500, help="model server gRPC port")
     serve.add_argument("--rest-port", type=int, default=8501, help="model server REST port")
+    serve.add_argument(
+        "--workers", type=_positive_int, default=1, help="worker processes, one job each at a time"
+    )
     serve.set_defaults(handler=_serve)
     api = commands.add_parser("api", help="run the HTTP API (FastAPI on uvicorn)")
     api.add_argument("--host", default="127.0.0.1")
@@ -134,7 +145,15 @@ def _serve(args: argparse.Namespace) -> int:
     from service.config import get_settings
     from service.stack import Ports, serve
 
-    return serve(get_settings(), args.host, Ports(args.port, args.grpc_port, args.rest_port))
+    ports = Ports(args.port, args.grpc_port, args.rest_port)
+    return serve(get_settings(), args.host, ports, args.workers)
+
+
+def _positive_int(value: str) -> int:
+    number = int(value) if value.isdigit() else 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {value!r}")
+    return number
 
 
 def _api(args: argparse.Namespace) -> int:

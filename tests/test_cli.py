@@ -127,6 +127,57 @@ def test_train_json_prints_one_summary_and_saves_the_model(tmp_path, env, shapes
     assert card["promotion"] == summary["promotion"]
 
 
+def test_train_text_report_prints_the_confusion_matrix_and_no_tensorflow_chatter(
+    tmp_path, env, shapes_dir
+):
+    out = tmp_path / "job"
+    del env["TF_CPP_MIN_LOG_LEVEL"]  # the defaults every ftserve process sets apply
+
+    result = ftserve(
+        env,
+        "train",
+        "--data", shapes_dir,
+        "--model-name", "t",
+        "--base-model", "small_cnn",
+        "--weights", "none",
+        "--epochs", "1",
+        "--batch-size", "8",
+        "--output", out,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "result.json").read_text())
+    matrix = summary["evaluation"]["confusion_matrix"]
+    lines = result.stdout.splitlines()
+    start = lines.index("confusion    rows: true class, columns: predicted class")
+    table = lines[start + 1 : start + 5]
+    width = max(map(len, SHAPES))
+    assert table[0] == "  " + " " * width + "".join(f"  {name}" for name in SHAPES)
+    for line, name, row in zip(table[1:], SHAPES, matrix, strict=True):
+        cells = "".join(f"  {count:>{len(col)}}" for count, col in zip(row, SHAPES, strict=True))
+        assert line == f"  {name:<{width}}{cells}"
+    assert [sum(row) for row in matrix] == [3, 3, 3]
+    # TensorFlow's start-up messages on a machine without a GPU are silenced at the source.
+    noise = ("cuda", "cudnn", "cufft", "cublas", "tf-trt", "absl::initializelog", "onednn custom")
+    assert [
+        line for line in result.stderr.splitlines() if any(n in line.lower() for n in noise)
+    ] == []
+    assert re.fullmatch(r"(head .*\n)+", result.stderr), result.stderr
+
+
+def test_confusion_table_aligns_names_and_counts():
+    from service.finetune.command import confusion_table
+
+    table = confusion_table(["cat", "a_long_name", "ox"], [[120, 0, 3], [7, 9, 0], [0, 1, 1000]])
+
+    assert table == [
+        "             cat  a_long_name    ox",
+        "cat          120            0     3",
+        "a_long_name    7            9     0",
+        "ox             0            1  1000",
+    ]
+
+
 def test_train_without_cached_imagenet_weights_fails_at_once(tmp_path, env, shapes_dir):
     result = ftserve(env, "train", "--data", shapes_dir, "--model-name", "t", "--json")
 

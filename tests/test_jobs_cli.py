@@ -533,6 +533,28 @@ def test_list_shows_the_job_in_a_table_and_as_json(stack, trained):
     assert [job["job_id"] for job in document["items"]] == [job_id]
 
 
+def test_output_into_a_closed_pipe_ends_quietly(stack, trained):
+    job_id, _ = trained
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FTSERVE_")}
+    env.update(FTSERVE_API_URL=api_url(stack), no_proxy="127.0.0.1")
+    read, write = os.pipe()
+    os.close(read)  # as `ftserve jobs show ID | head -0` leaves it
+    try:
+        shown = subprocess.run(
+            [sys.executable, "-m", "service.cli", "jobs", "show", job_id],
+            cwd=ROOT,
+            env=env,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert (shown.returncode, shown.stderr) == (141, "")
+
+
 def test_show_prints_the_summary_history_and_evaluation(stack, trained):
     job_id, _ = trained
     job = get_job(stack, job_id)

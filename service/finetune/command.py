@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
-
-# TensorFlow's C++ start-up chatter is noise on a terminal; errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from service.config import get_settings
 from service.contract.repository import ModelRepository
@@ -37,6 +34,11 @@ _FLAG_FIELDS = (
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Train, export and publish as ``args`` say; print the report (or ``--json``).
+
+    Returns:
+        The exit status: 0. Errors propagate as ``FtserveError`` for ``main`` to print.
+    """
     settings = get_settings()
     config = _config(args)  # before importing TensorFlow: a bad config fails in a blink
     from service.finetune.run import finetune
@@ -113,6 +115,9 @@ def _print_report(summary: dict) -> None:
             f"  {name:<20} precision {row['precision']:.3f}  recall {row['recall']:.3f}  "
             f"f1 {row['f1']:.3f}  n={row['support']}"
         )
+    print("confusion    rows: true class, columns: predicted class")
+    for line in confusion_table(summary["classes"], evaluation["confusion_matrix"]):
+        print(f"  {line}")
     if summary["fine_tune"]:
         ft = summary["fine_tune"]
         print(
@@ -129,6 +134,21 @@ def _print_report(summary: dict) -> None:
     labels = " ".join(f"{k}={v}" for k, v in summary["labels"].items())
     print(f"promotion    {promotion['decision']}: {promotion['reason']} (labels {labels})")
     print(f"time         {summary['timings']['total']:.1f}s")
+
+
+def confusion_table(classes: Sequence[str], matrix: Sequence[Sequence[int]]) -> list[str]:
+    """The confusion matrix as aligned text: a header of predicted classes, then one row per
+    true class, its name first. Each column is as wide as its name or its largest count."""
+    first = max(len(name) for name in classes)
+    widths = [
+        max(len(name), *(len(str(row[j])) for row in matrix)) for j, name in enumerate(classes)
+    ]
+
+    def line(first_cell: str, cells: Sequence[object]) -> str:
+        right = "".join(f"  {cell!s:>{w}}" for cell, w in zip(cells, widths, strict=True))
+        return f"{first_cell:<{first}}{right}"
+
+    return [line("", classes), *(line(n, row) for n, row in zip(classes, matrix, strict=True))]
 
 
 class ProgressLine:
