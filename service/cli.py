@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from service.errors import FtserveError
@@ -71,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--overwrite", action="store_true")
     sample.set_defaults(handler=_sample_data)
+    _add_tune_batching(
+        commands.add_parser(
+            "tune-batching",
+            help="measure a model's latency per batch size; write batching parameters",
+            description="Time a SavedModel's batches on this machine and derive TF Serving's"
+            " batching parameters (or decide batching should stay off).",
+        )
+    )
     _add_clients(commands)
     return parser
 
@@ -126,6 +134,55 @@ def _add_model_server(parser: argparse.ArgumentParser) -> None:
 
     add_arguments(parser)
     parser.set_defaults(handler=_model_server)
+
+
+def _add_tune_batching(tune: argparse.ArgumentParser) -> None:
+    tune.add_argument("model_dir", type=Path, help="a base path (newest version) or a SavedModel")
+    tune.add_argument(
+        "--output",
+        type=Path,
+        default=Path("batching_parameters.txt"),
+        help="where the batching parameters file goes when batching pays",
+    )
+    tune.add_argument(
+        "--p99-ms",
+        type=_positive(float),
+        help="longest a batch may take (default: 2x batch 1's p99)",
+    )
+    tune.add_argument("--signature", default="serving_default")
+    tune.add_argument(
+        "--max-batch-size", type=_positive(int), default=64, help="largest batch timed"
+    )
+    tune.add_argument(
+        "--repeats", type=_positive(int), default=20, help="batches timed at least, per size"
+    )
+    tune.add_argument(
+        "--min-seconds", type=float, default=1.0, help="time spent at least per batch size"
+    )
+    tune.add_argument("--image-size", type=_positive(int), help="JPEG side (default: the model's)")
+    tune.add_argument("--json", action="store_true", help="print one JSON document")
+    tune.set_defaults(handler=_tune_batching)
+
+
+def _tune_batching(args: argparse.Namespace) -> int:
+    from service.model_server.tuning import run_command
+
+    return run_command(args)
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a number of ``kind`` above zero."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
 
 
 def _model_server(args: argparse.Namespace) -> int:
