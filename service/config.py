@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     # holds no secret, so by default it stays readable.
     docs_require_token: bool = False
     max_upload_bytes: int = Field(default=2 * GiB, gt=0)
-    # The model server's gRPC address (host:port); `ftserve serve` starts one when unset.
+    # The model server's gRPC target; `ftserve serve` starts one when unset. host:port, or a
+    # name or list of several, which calls take turns over (round_robin): in a cluster
+    # dns:///<headless service>:8500, or ipv4:10.0.0.1:8500,10.0.0.2:8500.
     model_server: str | None = None
     predict_timeout_seconds: float = Field(default=10.0, gt=0)
     predict_max_instances: int = Field(default=64, gt=0)

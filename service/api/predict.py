@@ -4,27 +4,26 @@ Encoded images go to the model's ``serving_default`` signature as they came; dec
 resizing happen inside the model. The limits (``predict_max_instances``,
 ``predict_max_bytes``) are applied while reading, and every image's header is judged
 (``image_max_pixels``) before anything is sent: the decoder allocates what a header declares.
+
+Each request is cheap on purpose, as every prediction pays for it: the JSON body is parsed
+once, well-formed ``instances`` are taken from it as they are and decoded from base64 once
+(pydantic validates only the small options; a body that is not well-formed goes through the
+whole request model, for its exact errors), and the reply is built from the model server's
+``labels`` and ``label_scores`` tensors as they came off the wire, without numpy.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-import numpy as np
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from service.api.schemas import (
-    Instance,
-    LabelScore,
-    Prediction,
-    PredictOptions,
-    PredictRequest,
-    PredictResponse,
-)
+from service.api.schemas import PredictOptions, PredictRequest
 from service.api.uploads import (
     FieldSink,
     PartInfo,
@@ -37,7 +36,6 @@ from service.config import Settings
 from service.contract.names import check_model_name
 from service.contract.repository import ModelRepository
 from service.contract.serving_state import STABLE, ServingState
-from service.contract.signatures import LABEL_SCORES, LABELS, PROBABILITIES
 from service.contract.validation import describe_errors
 from service.errors import (
     BadRequestError,
@@ -61,6 +59,7 @@ from service.ingest.images import (
     read_header,
 )
 from service.model_client.client import PredictClient
+from service.model_client.ranking import rank
 
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
@@ -68,6 +67,14 @@ FILES_FIELD = "files"
 _OPTION_FIELDS = ("model", "version", "label", "top_k")
 _OPTION_MAX_BYTES = 1024
 _URLSAFE = str.maketrans("-_", "+/")
+# Images up to this many bytes in all are judged on the event loop. Judging walks a header
+# in Python, quick for a real image but up to ~1 µs a byte for a hostile one (thousands of
+# empty JPEG markers or GIF sub-blocks): 8 KiB is at worst a few milliseconds, about what
+# the GIL would let a thread hold the loop anyway, and much less than a hop to a thread
+# costs every request. Larger bodies are judged on a worker thread.
+_JUDGE_INLINE_BYTES = 8 * 1024
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 @dataclass
@@ -79,8 +86,8 @@ class ImageBudget:
     count: int = 0
     size: int = 0
 
-    def add_image(self) -> None:
-        self.count += 1
+    def add_image(self, count: int = 1) -> None:
+        self.count += count
         if self.count > self.max_instances:
             raise TooManyInstancesError(
                 f"Send at most {self.max_instances} images per request (predict_max_instances)"
@@ -121,8 +128,10 @@ async def read_predict_request(
     check_model_name(options.model)
     if options.version is not None and options.label is not None:
         raise BadRequestError("Ask for a version or a label, not both")
-    # A GIF's header is walked frame by frame: off the event loop.
-    await run_in_threadpool(check_images, images, field, settings.image_max_pixels)
+    if sum(len(image) for image in images) <= _JUDGE_INLINE_BYTES:
+        check_images(images, field, settings.image_max_pixels)
+    else:
+        await run_in_threadpool(check_images, images, field, settings.image_max_pixels)
     return options, images
 
 
@@ -163,25 +172,25 @@ async def predict(
     options: PredictOptions,
     images: list[bytes],
     repository: ModelRepository,
-) -> PredictResponse:
+) -> dict[str, Any]:
     """Run the model on ``images`` and rank each answer's labels.
 
     With neither a version nor a label, the label ``stable`` answers. When the model server
     does not know what was asked for, the serving state tells the user why (``_explain``).
+
+    Returns:
+        The reply's body, as ``PredictResponse`` describes it.
     """
     label = None if options.version is not None else (options.label or STABLE)
     try:
-        result = await client.predict_images(
+        answer = await client.predict_tensors(
             options.model, images, version=options.version, label=label
         )
     except ModelNotFoundError as exc:
         state = await run_in_threadpool(_serving_facts, repository, options.model)
         raise _explain(options.model, options.version, label, *state) from exc
-    return PredictResponse(
-        model=result.model,
-        version=result.version,
-        predictions=rank(result.outputs, options.top_k),
-    )
+    predictions = rank(answer.outputs, options.top_k)
+    return {"model": answer.model, "version": answer.version, "predictions": predictions}
 
 
 def _serving_facts(repository: ModelRepository, model: str) -> tuple[list[int], ServingState]:
@@ -229,66 +238,72 @@ def _explain(
     )
 
 
-def rank(outputs: dict[str, np.ndarray], top_k: int) -> list[Prediction]:
-    """One prediction per image from the signature's outputs, with at most ``top_k`` labels.
-
-    ftserve's models answer ``labels`` and ``label_scores`` ([N, K], best first); other
-    models' ``probabilities`` are ranked here, labelled by class index.
-    """
-    labels, scores = _ranked_labels(outputs)
-    k = min(top_k, labels.shape[1])
-    predictions = []
-    for row_labels, row_scores in zip(labels, scores, strict=True):
-        ranked = [
-            LabelScore(label=str(label), score=float(score))
-            for label, score in zip(row_labels[:k], row_scores[:k], strict=True)
-        ]
-        if not ranked:
-            raise FtserveError("The model answered with no labels")
-        predictions.append(Prediction(label=ranked[0].label, score=ranked[0].score, top_k=ranked))
-    return predictions
-
-
-def _ranked_labels(outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    if LABELS in outputs and LABEL_SCORES in outputs:
-        decode = np.vectorize(_text, otypes=[object])
-        return decode(outputs[LABELS]), outputs[LABEL_SCORES]
-    if PROBABILITIES in outputs:
-        probabilities = outputs[PROBABILITIES]
-        order = np.argsort(-probabilities, axis=1, kind="stable")
-        return order.astype(str), np.take_along_axis(probabilities, order, axis=1)
-    raise FtserveError("The model answered without labels or probabilities")
-
-
-def _text(value: object) -> str:
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
-
-
 async def _read_json(request: Request, budget: ImageBudget) -> tuple[PredictOptions, list[bytes]]:
     # Base64 is 4/3 of the bytes; JSON may escape "/" as "\/". Twice the limit is generous.
     body = await read_json(request, 2 * budget.max_bytes + 1024**2, TooManyInstancesError)
+    texts = _plain_instances(body)
+    if texts is None:
+        # Not the usual shape: the whole model says what is wrong (and raises, as a rule).
+        parsed = _validated(PredictRequest, body)
+        texts = [instance.b64 for instance in parsed.instances]
+        options = PredictOptions.model_validate(parsed.model_dump(exclude={"instances"}))
+    else:
+        options = _validated(PredictOptions, {k: v for k, v in body.items() if k != "instances"})
+    return options, decode_instances(texts, budget)
+
+
+def _plain_instances(body: Any) -> list[str] | None:
+    """The base64 texts of a body whose ``instances`` are all ``{"b64": "<text>"}``, else None.
+
+    What ``PredictRequest`` would accept for ``instances``, checked without building a model
+    per image: pydantic would walk every image's text again.
+    """
+    instances = body.get("instances") if isinstance(body, dict) else None
+    if not isinstance(instances, list) or not instances:
+        return None
+    texts = []
+    for instance in instances:
+        text = instance.get("b64") if isinstance(instance, dict) and len(instance) == 1 else None
+        if not isinstance(text, str):
+            return None
+        texts.append(text)
+    return texts
+
+
+def _validated(model: type[Model], body: Any) -> Model:
     try:
-        parsed = PredictRequest.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
         raise UnprocessableError(describe_errors(exc.errors(), "request")) from exc
-    options = PredictOptions.model_validate(parsed.model_dump(exclude={"instances"}))
-    return options, decode_instances(parsed.instances, budget)
 
 
-def decode_instances(instances: list[Instance], budget: ImageBudget) -> list[bytes]:
+def decode_instances(texts: Sequence[str], budget: ImageBudget) -> list[bytes]:
     """The images of TF Serving style ``{"b64": ...}`` instances, standard or URL-safe base64."""
-    for _ in instances:
-        budget.add_image()
+    budget.add_image(len(texts))
     images = []
-    for index, instance in enumerate(instances):
-        text = instance.b64.translate(_URLSAFE)
-        try:
-            image = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidBase64Error(f"instances[{index}].b64 is not valid base64") from exc
+    for index, text in enumerate(texts):
+        image = _b64decode(text)
+        if image is None:
+            raise InvalidBase64Error(f"instances[{index}].b64 is not valid base64")
         budget.add_bytes(len(image))
         images.append(image)
     return images
+
+
+def _b64decode(text: str) -> bytes | None:
+    """``text`` decoded (strictly: nothing but the alphabet and its padding), or None.
+
+    Straight from the str, which binascii reads in place when it is ASCII; URL-safe base64
+    is translated (a copy) only once the standard alphabet has failed.
+    """
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except ValueError:  # binascii.Error, or a str that is not ASCII
+        pass
+    try:
+        return binascii.a2b_base64(text.translate(_URLSAFE), strict_mode=True)
+    except ValueError:
+        return None
 
 
 async def _read_multipart(

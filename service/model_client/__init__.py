@@ -6,6 +6,11 @@
 ``tensorflow-serving-api``'s messages.
 """
 
-from service.model_client.client import PredictClient, PredictResult, VersionStatus
+from service.model_client.client import (
+    PredictClient,
+    PredictResult,
+    PredictTensors,
+    VersionStatus,
+)
 
-__all__ = ["PredictClient", "PredictResult", "VersionStatus"]
+__all__ = ["PredictClient", "PredictResult", "PredictTensors", "VersionStatus"]

@@ -5,18 +5,25 @@ It speaks TensorFlow Serving's protocol with the lean, wire-compatible messages 
 TensorFlow. Every call carries a deadline; only UNAVAILABLE is retried, by gRPC's own retry
 policy (the channel's service config), within that deadline; gRPC failures become
 ``service.errors`` classes in ``map_grpc_errors`` and nowhere else.
+
+Load spread: the channel balances calls ``round_robin`` over every address its target resolves
+to, so a target naming several model servers (``dns:///tf-serving-headless:8500`` for a
+headless Kubernetes Service, or ``ipv4:10.0.0.1:8500,10.0.0.2:8500``) keeps them all busy.
+gRPC resolves a name again when a connection ends, so model servers that close connections
+after a maximum age (TensorFlow Serving's ``--grpc_channel_arguments`` with
+``grpc.max_connection_age_ms``) are how new replicas are found. Keep-alive pings notice a
+replica that vanished without closing its connections.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-import numpy as np
 from google.protobuf.message import Message
 
 from service.contract.signatures import BYTES_INPUT, SERVING_DEFAULT
@@ -37,8 +44,11 @@ from service.model_client import (
     model_pb2,
     predict_pb2,
 )
-from service.model_client.codec import decode_tensor, encode_strings
-from service.model_client.tensor_pb2 import DataType, TensorShapeProto
+from service.model_client.codec import decode_tensor, fill_strings
+from service.model_client.tensor_pb2 import DataType, TensorProto, TensorShapeProto
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 GET_MODEL_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
@@ -47,10 +57,13 @@ GET_MODEL_STATUS = "/tensorflow.serving.ModelService/GetModelStatus"
 SIGNATURE_DEF = "signature_def"
 _SIGNATURE_DEF_MAP = "tensorflow.serving.SignatureDefMap"
 _PROBE_MODEL = "__ftserve_probe__"  # check() asks for this model; NOT_FOUND means reachable
-# Up to two retries of an UNAVAILABLE call (a model server restarting, a pod going away),
-# after a random pause of up to 50 ms, then up to 200 ms; gRPC keeps them inside the deadline.
+# Calls take turns over every address the target resolves to (gRPC's default, pick_first,
+# would send everything to the first one). Up to two retries of an UNAVAILABLE call (a model
+# server restarting, a pod going away), after a random pause of up to 50 ms, then up to
+# 200 ms; gRPC keeps them inside the deadline.
 _SERVICE_CONFIG = json.dumps(
     {
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
                 "name": [
@@ -65,11 +78,21 @@ _SERVICE_CONFIG = json.dumps(
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
             }
-        ]
+        ],
     }
 )
 # Reconnect to a restarted model server within seconds, not gRPC's default two minutes.
 _MAX_RECONNECT_BACKOFF_MS = 5000
+# A connection silent for 10 s while calls wait on it gets a ping, and is dropped when 5 s
+# pass without the answer: a replica gone without closing its connections (a lost node)
+# then costs the calls of 15 s, not TCP's retransmission timeout of many minutes. No pings
+# without calls in flight: TensorFlow Serving's gRPC server would count those as abuse
+# (too_many_pings) and close the connection.
+_KEEPALIVE_TIME_MS = 10_000
+_KEEPALIVE_TIMEOUT_MS = 5_000
+# After a connection ends the name is resolved again at once, and at most every 5 s (gRPC's
+# default is 30 s), so replicas that appeared meanwhile are found within seconds.
+_MIN_RESOLUTION_INTERVAL_MS = 5_000
 _IMAGE_ERRORS = ("image file format", "invalid jpeg", "invalid png", "decode", "not an image")
 
 Codes = grpc.StatusCode
@@ -82,6 +105,15 @@ class PredictResult:
     model: str
     version: int
     outputs: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class PredictTensors:
+    """What the model server answered, its output tensors as they came off the wire."""
+
+    model: str
+    version: int
+    outputs: Mapping[str, TensorProto]
 
 
 @dataclass(frozen=True)
@@ -144,7 +176,9 @@ class PredictClient:
         """Open the channel (connecting lazily).
 
         Args:
-            address: ``host:port`` of the model server's gRPC port.
+            address: the model server's gRPC target: ``host:port``, or any gRPC target
+                naming several, e.g. ``dns:///tf-serving-headless:8500`` or
+                ``ipv4:127.0.0.1:8500,127.0.0.1:8510``; calls take turns over them.
             timeout: default deadline of each call, in seconds, retries included.
             max_message_bytes: largest request sent and answer accepted.
         """
@@ -158,6 +192,9 @@ class PredictClient:
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_reconnect_backoff_ms", _MAX_RECONNECT_BACKOFF_MS),
+                ("grpc.keepalive_time_ms", _KEEPALIVE_TIME_MS),
+                ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
+                ("grpc.dns_min_time_between_resolutions_ms", _MIN_RESOLUTION_INTERVAL_MS),
                 ("grpc.enable_retries", 1),
                 ("grpc.service_config", _SERVICE_CONFIG),
             ],
@@ -190,15 +227,35 @@ class PredictClient:
 
         ``version`` wins over ``label``; neither means the latest available version.
         """
+        answer = await self.predict_tensors(
+            model, images, version=version, label=label, signature=signature, timeout=timeout
+        )
+        return PredictResult(answer.model, answer.version, _decode_outputs(answer.outputs))
+
+    async def predict_tensors(
+        self,
+        model: str,
+        images: Sequence[bytes],
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        signature: str = SERVING_DEFAULT,
+        timeout: float | None = None,
+    ) -> PredictTensors:
+        """``predict_images`` without decoding: the output tensors as the server sent them.
+
+        For callers that read a few values of a few outputs (``POST /predict``).
+        """
         request = predict_pb2.PredictRequest(
             model_spec=_model_spec(model, version, label, signature)
         )
-        request.inputs[BYTES_INPUT].CopyFrom(encode_strings(images))
+        # Filled in place: a CopyFrom of a ready tensor would copy every image once more.
+        fill_strings(request.inputs[BYTES_INPUT], images)
         response: predict_pb2.PredictResponse = await self._call(self._predict, request, timeout)
-        return PredictResult(
+        return PredictTensors(
             model=response.model_spec.name or model,
             version=int(response.model_spec.version.value),
-            outputs=_decode_outputs(response),
+            outputs=response.outputs,
         )
 
     async def model_status(
@@ -285,9 +342,9 @@ def _model_spec(
     return spec
 
 
-def _decode_outputs(response: predict_pb2.PredictResponse) -> dict[str, np.ndarray]:
+def _decode_outputs(outputs: Mapping[str, TensorProto]) -> dict[str, np.ndarray]:
     try:
-        return {alias: decode_tensor(tensor) for alias, tensor in response.outputs.items()}
+        return {alias: decode_tensor(tensor) for alias, tensor in outputs.items()}
     except ValueError as exc:
         raise FtserveError("The model server answered with a malformed tensor") from exc
 

@@ -103,15 +103,29 @@ def test_models_config_seed_creates_the_file_only_when_missing(manifests: Manife
     assert mount["mountPath"] == str(PurePosixPath(options.model_config_file).parent)
 
 
-def test_api_model_server_is_the_tf_serving_grpc_port(manifests: Manifests):
+def test_api_and_workers_reach_every_tf_serving_pod_through_a_headless_service(
+    manifests: Manifests,
+):
     _, container, options = _tf_serving(manifests)
-    address = manifests.env(manifests.container("api"))["FTSERVE_MODEL_SERVER"]
-    host, _, port = address.rpartition(":")
-    service = manifests.get("Service", host)  # a Service in the same namespace
-    (grpc,) = [p for p in service["spec"]["ports"] if p["port"] == int(port)]
     tf_serving = manifests.component("tf-serving")["spec"]["selector"]["matchLabels"]
-    assert service["spec"]["selector"] == tf_serving
-    assert grpc["targetPort"] == "grpc" and _port(container, "grpc") == options.port
+    for component in ("api", "worker"):
+        address = manifests.env(manifests.container(component))["FTSERVE_MODEL_SERVER"]
+        # gRPC's DNS resolver hands the channel every pod's address; round_robin uses them all.
+        assert address.startswith("dns:///"), address
+        host, _, port = address.removeprefix("dns:///").rpartition(":")
+        service = manifests.get("Service", host)  # a Service in the same namespace
+        assert service["spec"]["clusterIP"] == "None"
+        assert service["spec"]["selector"] == tf_serving
+        (grpc,) = [p for p in service["spec"]["ports"] if p["port"] == int(port)]
+        assert grpc["targetPort"] == "grpc" and _port(container, "grpc") == options.port
+
+
+def test_tf_serving_closes_connections_so_clients_find_new_replicas(manifests: Manifests):
+    _, _, options = _tf_serving(manifests)
+    pairs = filter(None, options.grpc_channel_arguments.split(","))
+    arguments = dict(pair.split("=", 1) for pair in pairs)
+    # Clients resolve the headless Service again when a connection closes.
+    assert 0 < int(arguments["grpc.max_connection_age_ms"]) <= 5 * 60 * 1000
 
 
 def _ftserve_env(manifests: Manifests) -> dict[str, dict]:

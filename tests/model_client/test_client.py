@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from service import errors
-from service.model_client import PredictClient, PredictResult, VersionStatus
+from service.model_client import PredictClient, PredictResult, PredictTensors, VersionStatus
+from service.model_client.codec import decode_tensor
 from tests.model_server.conftest import (
     ALLOW_LABELS,
     FTSERVE,
@@ -79,6 +80,21 @@ def test_predict_images_equals_what_the_official_stubs_get(server, template: Tem
         np.testing.assert_array_equal(result.outputs[alias], expected, err_msg=alias)
     assert result.outputs["probabilities"].shape == (4, CLASSES)
     assert all(isinstance(label, bytes) for label in result.outputs["labels"].ravel())
+
+
+def test_predict_tensors_are_the_answer_before_decoding(server, template: Template):
+    images = [template.image(i) for i in range(3)]
+
+    async def both(client: PredictClient) -> tuple[PredictTensors, PredictResult]:
+        return await client.predict_tensors(MODEL, images, version=1), await client.predict_images(
+            MODEL, images, version=1
+        )
+
+    tensors, decoded = run(address(server), both)
+    assert (tensors.model, tensors.version) == (decoded.model, decoded.version) == (MODEL, 1)
+    assert set(tensors.outputs) == ALL_OUTPUTS
+    for alias, proto in tensors.outputs.items():
+        np.testing.assert_array_equal(decode_tensor(proto), decoded.outputs[alias], err_msg=alias)
 
 
 def test_predict_a_specific_version_and_a_labelled_one(server, template: Template):

@@ -9,7 +9,12 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2 as tf_tensor_pb2
 
-from service.model_client.codec import decode_tensor, encode_strings, tensor_shape
+from service.model_client.codec import (
+    decode_tensor,
+    encode_strings,
+    tensor_shape,
+    tensor_values,
+)
 from service.model_client.tensor_pb2 import DataType, TensorProto
 
 
@@ -23,6 +28,11 @@ def assert_decodes_like_tensorflow(official) -> None:
     assert decoded.dtype == expected.dtype
     assert decoded.shape == expected.shape
     np.testing.assert_array_equal(decoded, expected)
+    # The numpy-free reading gives the same values, as Python objects, in row-major order.
+    shape, values = tensor_values(lean(official))
+    assert shape == expected.shape
+    assert values == expected.ravel().tolist()
+    assert all(type(v) is type(e) for v, e in zip(values, expected.ravel().tolist(), strict=True))
 
 
 def test_encode_strings_is_a_string_vector():
@@ -95,6 +105,7 @@ def test_short_repeated_fields_repeat_the_last_value_or_zero(field, dtype, value
     proto.tensor_shape.dim.add(size=4)
     decoded = decode_tensor(proto)
     assert decoded.tolist() == expected
+    assert tensor_values(proto) == ((4,), expected)
     if dtype != DataType.DT_STRING:  # TensorFlow's own reader agrees
         official = tf.make_ndarray(tf_tensor_pb2.TensorProto.FromString(proto.SerializeToString()))
         assert official.tolist() == expected
@@ -106,6 +117,7 @@ def test_half_values_are_bit_patterns():
     decoded = decode_tensor(proto)
     assert decoded.dtype == np.float16
     assert decoded.tolist() == [1.0, -2.0]
+    assert tensor_values(proto) == ((2,), [1.0, -2.0])
 
 
 def test_more_values_than_the_shape_holds_is_an_error():
@@ -113,6 +125,8 @@ def test_more_values_than_the_shape_holds_is_an_error():
     proto.tensor_shape.dim.add(size=2)
     with pytest.raises(ValueError, match=re.escape("3 values do not fit shape [2]")):
         decode_tensor(proto)
+    with pytest.raises(ValueError, match=re.escape("3 values do not fit shape [2]")):
+        tensor_values(proto)
 
 
 def test_tensor_content_of_the_wrong_size_is_an_error():
@@ -122,6 +136,8 @@ def test_tensor_content_of_the_wrong_size_is_an_error():
         ValueError, match=re.escape("tensor_content has 12 bytes; shape [2] of int64 needs 16")
     ):
         decode_tensor(proto)
+    with pytest.raises(ValueError, match=re.escape("tensor_content has 12 bytes")):
+        tensor_values(proto)
 
 
 def test_unsupported_dtypes_are_named():
@@ -129,6 +145,8 @@ def test_unsupported_dtypes_are_named():
         decode_tensor(lean(tf.make_tensor_proto(np.array([1j], np.complex64))))
     with pytest.raises(ValueError, match="unsupported tensor dtype 400"):
         decode_tensor(TensorProto(dtype=400))
+    with pytest.raises(ValueError, match="unsupported tensor dtype 400"):
+        tensor_values(TensorProto(dtype=400))
 
 
 def test_decoded_arrays_are_writable_copies():

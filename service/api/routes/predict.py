@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 from service.api.deps import PredictClientDep, RepositoryDep, SettingsDep
 from service.api.predict import FILES_FIELD, predict, read_predict_request
@@ -90,7 +91,9 @@ _PREDICT_BODY: dict[str, Any] = {
 )
 async def predict_images(
     request: Request, settings: SettingsDep, client: PredictClientDep, repository: RepositoryDep
-) -> PredictResponse:
+) -> JSONResponse:
     """JSON ``{"model", "instances": [{"b64": ...}]}`` (TF Serving's REST form) or multipart."""
     options, images = await read_predict_request(request, settings)
-    return await predict(client, options, images, repository)
+    # The body is built as PredictResponse describes it and encoded once: returned as a
+    # model, it would be validated against the schema and serialized again on every call.
+    return JSONResponse(await predict(client, options, images, repository))
