@@ -25,6 +25,7 @@ def run(settings: Settings, host: str, port: int) -> int:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         proxy_headers=True,
         server_header=False,
+        ws="none",  # no WebSocket routes: skip loading a WebSocket implementation at start
         log_level="info",
     )
     server = uvicorn.Server(config)
