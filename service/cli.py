@@ -186,6 +186,10 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
 
 
 def _model_server(args: argparse.Namespace) -> int:
+    # oneDNN's convolution aborts the whole process on an input of the wrong rank (a CHECK
+    # in MklConvOp) where TensorFlow's own kernel answers INVALID_ARGUMENT; one bad request
+    # must not take the server down. TF Serving's standard build has oneDNN off too.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     from service.model_server.options import options_from_args
 
     try:
