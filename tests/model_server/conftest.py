@@ -3,30 +3,43 @@
 Every server test runs ``ftserve model-server``; the compatibility tests also run
 ``tensorflow_model_server`` when ``TF_SERVING_BIN`` names one. Both are started with the
 same flags and driven only through the official ``tensorflow-serving-api`` stubs and HTTP.
-The manager tests' tiny SavedModel fixtures live in ``tiny_repo`` and are re-exported here.
+Servers that test files share live in ``server_fixtures``, the manager tests' tiny
+SavedModel fixtures in ``tiny_repo``; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from google.protobuf import text_format
-from tensorflow_serving.apis import (
-    get_model_status_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
-from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
+from tensorflow_serving.apis import get_model_status_pb2, predict_pb2
 
+from tests.model_server.server_fixtures import (
+    ALLOW_LABELS,
+    TF_SERVING,
+    ServerProcess,
+    half_plus_three_copies,
+    half_plus_two_server,
+    shapes_flags,
+    shapes_server,
+    shared_servers,
+    skip_without_tf_serving,
+    two_version_config,
+    upstream_models,
+    upstream_server,
+)
 from tests.model_server.tiny_repo import loader, manager, repo, saved_model
-from tests.support import servers
-from tests.support.servers import FTSERVE, MODEL, add_version, free_port, repo_flags
+from tests.support.servers import (
+    FTSERVE,
+    MODEL,
+    WindingDown,
+    add_version,
+    free_port,
+    repo_flags,
+)
 from tests.support.tf_serving_models import (
     write_half_plus_three_tf1,
     write_half_plus_two_tf1,
@@ -34,74 +47,52 @@ from tests.support.tf_serving_models import (
 )
 from tests.support.trained import Template
 
-# Re-exported: helpers for the tests here, and the tiny-model fixtures for pytest to find.
+# Re-exported: helpers for the tests here, and the fixtures for pytest to find.
 __all__ = [
+    "ALLOW_LABELS",
     "FTSERVE",
     "MODEL",
+    "TF_SERVING",
+    "ServerProcess",
     "Template",
     "add_version",
     "free_port",
+    "half_plus_three_copies",
+    "half_plus_two_server",
     "loader",
     "manager",
     "repo",
     "repo_flags",
     "saved_model",
+    "shapes_flags",
+    "shapes_server",
+    "shared_servers",
+    "two_version_config",
+    "upstream_models",
+    "upstream_server",
 ]
 
 IMAGE_SIZE = 32
-TF_SERVING = "tensorflow_model_server"
-NO_TF_SERVING = (
-    "TF_SERVING_BIN is not set: tensorflow_model_server is not on PyPI and its registry image"
-    " cannot be pulled here; point TF_SERVING_BIN at the binary to run these against it"
-)
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
-# Both servers refuse to start on a config with labels without it: nothing is loaded yet.
-ALLOW_LABELS = "--allow_version_labels_for_unavailable_models=true"
-
-
-def two_version_config(root: Path, source: Path) -> Path:
-    """Versions 1 and 2 of ``source`` under ``root/repo``, all served, ``stable`` → 1.
-
-    Returns the model config file; a server started on it needs ``ALLOW_LABELS``.
-    """
-    repo = root / "repo"
-    assert add_version(repo, source) == 1
-    assert add_version(repo, source) == 2
-    config = ModelServerConfig()
-    entry = config.model_config_list.config.add()
-    entry.name, entry.base_path, entry.model_platform = MODEL, str(repo / MODEL), "tensorflow"
-    entry.model_version_policy.all.SetInParent()
-    entry.version_labels["stable"] = 1
-    config_path = root / "models.config"
-    config_path.write_text(text_format.MessageToString(config))
-    return config_path
-
-
-class ServerProcess(servers.ServerProcess):
-    """A model server process driven through the official ``tensorflow-serving-api`` stubs."""
-
-    def __init__(self, kind: str, flags: list[str], log_path: Path) -> None:
-        super().__init__(kind, flags, log_path)
-        self.predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self.model_stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
-
-    def status(self, model: str = MODEL) -> dict[int, get_model_status_pb2.ModelVersionStatus]:
-        request = get_model_status_pb2.GetModelStatusRequest()
-        request.model_spec.name = model
-        response = self.model_stub.GetModelStatus(request, timeout=10)
-        return {s.version: s for s in response.model_version_status}
 
 
 @pytest.fixture(params=[FTSERVE, TF_SERVING])
 def server_kind(request: pytest.FixtureRequest) -> str:
-    if request.param == TF_SERVING and not os.environ.get("TF_SERVING_BIN"):
-        pytest.skip(NO_TF_SERVING)
+    skip_without_tf_serving(request.param)
     return str(request.param)
 
 
+@pytest.fixture(scope="package")
+def winding_down() -> Iterator[WindingDown]:
+    """Where a test's own servers go when it is done: signalled, waited for at the end."""
+    servers = WindingDown()
+    yield servers
+    servers.wait_all()
+
+
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator:
+def start_server(tmp_path: Path, winding_down: WindingDown) -> Iterator:
     """``start_server(kind, flags)`` → a running ``ServerProcess``; all stopped afterwards."""
     started: list[ServerProcess] = []
 
@@ -112,7 +103,7 @@ def start_server(tmp_path: Path) -> Iterator:
 
     yield start
     for server in started:
-        server.stop(timeout=20)
+        winding_down.add(server)
 
 
 def image_request(

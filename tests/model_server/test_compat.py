@@ -1,7 +1,7 @@
 """What a TensorFlow Serving client sees: the same answers, codes and messages from both servers.
 
-One server per kind for the module, serving versions 1 and 2 of the same exported model
-(``all`` policy) plus a ``stable`` label on version 1.
+The shared ``shapes`` server of each kind (``server_fixtures``): versions 1 and 2 of the same
+exported model (``all`` policy) plus a ``stable`` label on version 1.
 """
 
 from __future__ import annotations
@@ -22,48 +22,22 @@ from tensorflow_serving.apis import (
 
 from exporter.export import decode_batch
 from tests.model_server.conftest import (
-    ALLOW_LABELS,
     AVAILABLE,
-    FTSERVE,
     IMAGE_SIZE,
     MODEL,
-    NO_TF_SERVING,
-    TF_SERVING,
     ServerProcess,
     Template,
     image_request,
     outputs,
-    two_version_config,
 )
+from tests.model_server.server_fixtures import PROMETHEUS_PATH
 
 CLASSES = {"circle", "square", "triangle"}
 
 
-@pytest.fixture(scope="module", params=[FTSERVE, TF_SERVING])
-def server(request: pytest.FixtureRequest, tmp_path_factory, template: Template):
-    import os
-
-    if request.param == TF_SERVING and not os.environ.get("TF_SERVING_BIN"):
-        pytest.skip(NO_TF_SERVING)
-    root = tmp_path_factory.mktemp(f"compat-{request.param}")
-    config_path = two_version_config(root, template.version_dir)
-    monitoring = root / "monitoring.config"
-    monitoring.write_text(
-        'prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }'
-    )
-    process = ServerProcess(
-        str(request.param),
-        [
-            f"--model_config_file={config_path}",
-            f"--monitoring_config_file={monitoring}",
-            ALLOW_LABELS,
-        ],
-        root / "server.log",
-    )
-    process.wait_for_version(1)
-    process.wait_for_version(2)
-    yield process
-    process.stop()
+@pytest.fixture
+def server(shapes_server: ServerProcess) -> ServerProcess:
+    return shapes_server
 
 
 def expected(template: Template, images: list[bytes]) -> np.ndarray:
@@ -332,7 +306,7 @@ def test_rest_errors_are_json_with_tf_serving_status_codes(server, template):
 
 def test_prometheus_metrics_count_requests(server, template):
     server.predict_stub.Predict(image_request([template.image()]), timeout=30)
-    text = server.http.get("/monitoring/prometheus/metrics").text
+    text = server.http.get(PROMETHEUS_PATH).text
     assert ":tensorflow:serving:request_count" in text
     lines = [x for x in text.splitlines() if x.startswith(":tensorflow:serving:request_count{")]
     assert any(f'model_name="{MODEL}"' in line and 'status="OK"' in line for line in lines)

@@ -36,7 +36,7 @@ from tests.model_server.upstream_flags import (
     TLS_GROUP,
     UPSTREAM_FLAGS,
 )
-from tests.support.servers import ROOT, tf_python
+from tests.support.servers import ROOT, WindingDown, tf_python
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 MODEL = "m"
@@ -92,7 +92,10 @@ def socket_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def server(
-    tmp_path_factory: pytest.TempPathFactory, saved_model: Path, socket_dir: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    saved_model: Path,
+    socket_dir: Path,
+    winding_down: WindingDown,
 ) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("all-flags")
     files = {
@@ -115,7 +118,7 @@ def server(
             lambda name=name: server.status(name)[1].state == AVAILABLE, f"{name} AVAILABLE"
         )
     yield server
-    server.stop(timeout=20)
+    winding_down.add(server)
 
 
 def test_flag_groups_cover_every_upstream_flag_once():

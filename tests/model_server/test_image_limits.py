@@ -26,6 +26,7 @@ from tests.model_server.conftest import (
     outputs,
     repo_flags,
 )
+from tests.model_server.server_fixtures import shapes
 from tests.support.images import (
     bmp_declaring,
     bomb_gif,
@@ -38,6 +39,7 @@ from tests.support.images import (
     webp_lossy_declaring,
     webp_solid,
 )
+from tests.support.servers import SharedServers, WindingDown
 
 GiB = 1024**3
 BOMB_REFUSED = (
@@ -45,21 +47,33 @@ BOMB_REFUSED = (
 )
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, template: Template) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("image-limits")
-    add_version(root / "repo", template.version_dir)
-    process = ServerProcess(FTSERVE, repo_flags(root / "repo"), root / "server.log")
-    process.wait_for_version(1)
-    yield process
-    process.stop()
+@pytest.fixture
+def server(shared_servers: SharedServers, shapes_flags: list[str]) -> Iterator[ServerProcess]:
+    """The shared ``shapes`` server, with the default limit.
+
+    The other tests on it send a few 32x32 images at a time, so its peak memory still shows
+    whether a bomb was decoded.
+    """
+    with shapes(shared_servers, FTSERVE, shapes_flags).borrow() as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
-def idle_peak(server: ServerProcess, template: Template) -> int:
-    """The server's peak RSS after it has answered normal images (TensorFlow warmed up)."""
-    server.predict_stub.Predict(image_request([template.image(i) for i in range(4)]), timeout=60)
-    return peak_rss(server)
+def idle_peaks() -> dict[int, int]:
+    return {}
+
+
+@pytest.fixture
+def idle_peak(server: ServerProcess, template: Template, idle_peaks: dict[int, int]) -> int:
+    """The server's peak RSS after it has answered normal images (TensorFlow warmed up).
+
+    Measured once per server process (a crash in another test may start a new one).
+    """
+    if server.process.pid not in idle_peaks:
+        images = [template.image(i) for i in range(4)]
+        server.predict_stub.Predict(image_request(images), timeout=60)
+        idle_peaks[server.process.pid] = peak_rss(server)
+    return idle_peaks[server.process.pid]
 
 
 def peak_rss(server: ServerProcess) -> int:
@@ -194,7 +208,7 @@ def test_the_server_still_answers_normal_images_afterwards(server, idle_peak, te
 
 @pytest.fixture(scope="module")
 def strict_server(
-    tmp_path_factory: pytest.TempPathFactory, template: Template
+    tmp_path_factory: pytest.TempPathFactory, template: Template, winding_down: WindingDown
 ) -> Iterator[ServerProcess]:
     """A server whose limit is below the size of the template's 32x32 images.
 
@@ -206,7 +220,7 @@ def strict_server(
     process = ServerProcess(FTSERVE, flags, root / "server.log")
     process.wait_for_version(1)
     yield process
-    process.stop()
+    winding_down.add(process)
 
 
 def test_a_lower_max_image_pixels_refuses_what_the_default_serves(

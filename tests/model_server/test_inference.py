@@ -4,14 +4,12 @@
 ``tf.Example``s in its classify and regress signatures. The requests and expected values are
 those of upstream ``testClassify``, ``testRegress``, ``testMultiInference`` (and their ``Tf2``
 twins), ``testClassifyREST`` and ``testRegressREST``; the errors are TensorFlow Serving's
-codes and messages. One server per kind and model form for the module.
+codes and messages. The servers are the ones test_upstream_cases asks (``server_fixtures``).
 """
 
 from __future__ import annotations
 
 import base64
-import os
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -30,26 +28,19 @@ from tensorflow_serving.apis import (
 
 from service.model_server import inference
 from service.model_server.status import ServingError
-from tests.model_server.conftest import FTSERVE, NO_TF_SERVING, TF_SERVING, ServerProcess
+from tests.model_server.conftest import ServerProcess
+from tests.model_server.server_fixtures import HALF_PLUS_TWO
+from tests.support.tf_serving_models import VERSION
 
-MODEL = "half_plus_two"
-VERSION = 123
-CASES = [(kind, form) for form in ("tf2", "tf1") for kind in (FTSERVE, TF_SERVING)]
+MODEL = HALF_PLUS_TWO
 CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[f"{k}-{f}" for k, f in CASES])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    kind, form = request.param
-    if kind == TF_SERVING and not os.environ.get("TF_SERVING_BIN"):
-        pytest.skip(NO_TF_SERVING)
-    base_path: Path = request.getfixturevalue(f"half_plus_two_{form}")
-    log = tmp_path_factory.mktemp(f"inference-{kind}-{form}") / "server.log"
-    process = ServerProcess(kind, [f"--model_name={MODEL}", f"--model_base_path={base_path}"], log)
-    process.wait_for_version(VERSION, MODEL)
-    yield process
-    process.stop()
+@pytest.fixture
+def server(half_plus_two_server: ServerProcess) -> ServerProcess:
+    """A server of each kind serving ``half_plus_two`` in each form."""
+    return half_plus_two_server
 
 
 def x_example(x: float) -> example_pb2.Example:

@@ -9,14 +9,12 @@ its version, but never moves an existing label onto a version that cannot answer
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import text_format
 from tensorflow_serving.apis import model_management_pb2
 from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
@@ -26,7 +24,6 @@ from service.model_server.servable import Servable
 from service.model_server.status import ServingError
 from tests.model_server import tiny_repo
 from tests.model_server.conftest import (
-    ALLOW_LABELS,
     AVAILABLE,
     FTSERVE,
     MODEL,
@@ -35,6 +32,7 @@ from tests.model_server.conftest import (
     image_request,
     two_version_config,
 )
+from tests.model_server.server_fixtures import write_config
 from tests.model_server.tiny_repo import (
     TIMEOUT,
     CountingLoader,
@@ -238,13 +236,6 @@ def model_config(repo: Path, versions: list[int], labels: dict[str, int]) -> Mod
     return config
 
 
-def write_config(path: Path, config: ModelServerConfig) -> None:
-    # The server may read the file at any moment: it must never see half of it.
-    staging = path.with_suffix(".writing")
-    staging.write_text(text_format.MessageToString(config))
-    os.replace(staging, path)
-
-
 def reload_request(config: ModelServerConfig) -> model_management_pb2.ReloadConfigRequest:
     request = model_management_pb2.ReloadConfigRequest()
     request.config.CopyFrom(config)
@@ -271,14 +262,9 @@ def test_start_up_with_a_label_needs_the_flag(server_kind, start_server, tmp_pat
     ) in server.log()
 
 
-def test_start_up_with_a_label_and_the_flag_serves_it(
-    server_kind, start_server, tmp_path, template
-):
-    config = two_version_config(tmp_path, template.version_dir)
-    server = start_server(server_kind, [f"--model_config_file={config}", ALLOW_LABELS])
-    server.wait_for_version(1)
-
-    assert labelled_version(server, template, "stable") == 1
+def test_start_up_with_a_label_and_the_flag_serves_it(shapes_server, template):
+    # The shared server started on two_version_config's labels with ALLOW_LABELS.
+    assert labelled_version(shapes_server, template, "stable") == 1
 
 
 def test_polled_config_cannot_label_a_version_before_it_loads(

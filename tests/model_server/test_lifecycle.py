@@ -9,9 +9,7 @@ import time
 
 import grpc
 import pytest
-from google.protobuf import text_format
 from tensorflow_serving.apis import model_management_pb2
-from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 from tests.model_server.conftest import (
     AVAILABLE,
@@ -23,14 +21,15 @@ from tests.model_server.conftest import (
     image_request,
     repo_flags,
 )
+from tests.model_server.server_fixtures import LATEST_TWO
 
 CLIENT_THREADS = 8
 MIN_REQUESTS = 1000
 
 
-def latest_version(server, template: Template) -> int:
-    response = server.predict_stub.Predict(image_request([template.image()]), timeout=30)
-    return response.model_spec.version.value
+def latest_version(server, template: Template, model: str = MODEL) -> int:
+    request = image_request([template.image()], model=model)
+    return server.predict_stub.Predict(request, timeout=30).model_spec.version.value
 
 
 def test_hot_swap_under_load_loses_no_request(server_kind, start_server, tmp_path, template):
@@ -118,21 +117,13 @@ def test_staging_half_written_and_broken_versions_never_serve(
     assert latest_version(server, template) == 8
 
 
-def test_latest_two_policy_keeps_two_versions(server_kind, start_server, tmp_path, template):
-    repo = tmp_path / "repo"
-    for _ in range(3):
-        add_version(repo, template.version_dir)
-    config = ModelServerConfig()
-    entry = config.model_config_list.config.add()
-    entry.name, entry.base_path, entry.model_platform = MODEL, str(repo / MODEL), "tensorflow"
-    entry.model_version_policy.latest.num_versions = 2
-    config_path = tmp_path / "two.config"
-    config_path.write_text(text_format.MessageToString(config))
-    server = start_server(server_kind, [f"--model_config_file={config_path}"])
-    server.wait_for_version(3)
-    server.wait_for_version(2)
-    assert 1 not in server.status() or server.status()[1].state == END
-    assert latest_version(server, template) == 3
+def test_latest_two_policy_keeps_two_versions(shapes_server, template):
+    # The shared server's LATEST_TWO: three versions published, latest { num_versions: 2 }.
+    shapes_server.wait_for_version(3, LATEST_TWO)
+    shapes_server.wait_for_version(2, LATEST_TWO)
+    versions = shapes_server.status(LATEST_TWO)
+    assert 1 not in versions or versions[1].state == END
+    assert latest_version(shapes_server, template, LATEST_TWO) == 3
 
 
 def test_reload_config_request_swaps_the_model_list(server_kind, start_server, tmp_path, template):
@@ -198,11 +189,13 @@ def test_sigterm_finishes_requests_in_flight(start_server, tmp_path, template):
     batch = [template.image(i) for i in range(256)]  # slow enough to still be running
     finished: list[float] = []
     failures: list[str] = []
+    first_finished = threading.Event()
 
     def call() -> None:
         try:
             server.predict_stub.Predict(image_request(batch), timeout=120)
             finished.append(time.monotonic())
+            first_finished.set()
         except grpc.RpcError as exc:
             failures.append(f"{exc.code()}: {exc.details()}")
 
@@ -210,8 +203,9 @@ def test_sigterm_finishes_requests_in_flight(start_server, tmp_path, template):
     for thread in threads:
         thread.start()
     # Long enough for all twelve calls to reach the server on a busy machine, short of the
-    # seconds they take to run.
-    time.sleep(2.0)
+    # seconds they take to run; on an idle one the first answer comes sooner, and the calls
+    # sent with it have reached the server by then while most are still running.
+    first_finished.wait(timeout=2.0)
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     for thread in threads:

@@ -23,10 +23,12 @@ from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 from service.model_server.manager import BATCHING_PARAMS_FILE
 from tests.model_server.conftest import FTSERVE, ServerProcess
 from tests.model_server.tiny_repo import K
+from tests.support.servers import WindingDown
 
 END = get_model_status_pb2.ModelVersionStatus.END
 OWN = "own"  # a version with its own batching_params.pbtxt
 PLAIN = "plain"  # a version without one
+UNPARSABLE = "unparsable"  # a version whose own file does not parse
 
 
 def rows(model: str, count: int) -> predict_pb2.PredictRequest:
@@ -38,14 +40,18 @@ def rows(model: str, count: int) -> predict_pb2.PredictRequest:
 
 
 def start(root: Path, saved_model: Path, per_model: bool) -> ServerProcess:
+    """``OWN`` and ``PLAIN``; with ``per_model``, also ``UNPARSABLE``, whose file is garbage."""
+    models = [OWN, PLAIN, UNPARSABLE] if per_model else [OWN, PLAIN]
     config = ModelServerConfig()
-    for name in (OWN, PLAIN):
+    for name in models:
         shutil.copytree(saved_model, root / name / "1")
         entry = config.model_config_list.config.add()
         entry.name, entry.base_path, entry.model_platform = name, str(root / name), "tensorflow"
     (root / OWN / "1" / BATCHING_PARAMS_FILE).write_text(
         "max_batch_size { value: 2 }\nbatch_timeout_micros { value: 0 }\n"
     )
+    if per_model:
+        (root / UNPARSABLE / "1" / BATCHING_PARAMS_FILE).write_text("max_batch_size: {{ nonsense")
     (root / "models.config").write_text(text_format.MessageToString(config))
     (root / "batching.config").write_text("max_batch_size { value: 8 }\n")
     flags = [
@@ -60,13 +66,32 @@ def start(root: Path, saved_model: Path, per_model: bool) -> ServerProcess:
     return server
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["per-model", "server-wide"])
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, saved_model: Path
-) -> Iterator[tuple[ServerProcess, bool]]:
-    process = start(tmp_path_factory.mktemp("per-model-batching"), saved_model, request.param)
-    yield process, request.param
-    process.stop()
+@pytest.fixture(scope="module")
+def per_model_server(
+    tmp_path_factory: pytest.TempPathFactory, saved_model: Path, winding_down: WindingDown
+) -> Iterator[tuple[ServerProcess, Path]]:
+    """The server with ``--enable_per_model_batching_parameters``, and its models' folder."""
+    root = tmp_path_factory.mktemp("per-model-batching")
+    process = start(root, saved_model, per_model=True)
+    yield process, root
+    winding_down.add(process)
+
+
+@pytest.fixture(scope="module")
+def server_wide_server(
+    tmp_path_factory: pytest.TempPathFactory, saved_model: Path, winding_down: WindingDown
+) -> Iterator[ServerProcess]:
+    process = start(tmp_path_factory.mktemp("server-wide-batching"), saved_model, per_model=False)
+    yield process
+    winding_down.add(process)
+
+
+@pytest.fixture(params=[True, False], ids=["per-model", "server-wide"])
+def server(request: pytest.FixtureRequest) -> tuple[ServerProcess, bool]:
+    """Each of the two servers, and whether it has per-model parameters."""
+    if request.param:
+        return request.getfixturevalue("per_model_server")[0], True
+    return request.getfixturevalue("server_wide_server"), False
 
 
 def refusal(server: ServerProcess, request: predict_pb2.PredictRequest) -> tuple[object, str]:
@@ -105,19 +130,9 @@ def test_a_version_without_a_file_is_not_batched_with_per_model_parameters(serve
         )
 
 
-def test_a_file_that_does_not_parse_fails_the_version_s_load(tmp_path: Path, saved_model: Path):
-    shutil.copytree(saved_model, tmp_path / "m" / "1")
-    (tmp_path / "m" / "1" / BATCHING_PARAMS_FILE).write_text("max_batch_size: {{ nonsense")
-    flags = [
-        "--model_name=m",
-        f"--model_base_path={tmp_path / 'm'}",
-        "--enable_batching=true",
-        "--enable_per_model_batching_parameters=true",
-    ]
-    process = ServerProcess(FTSERVE, flags, tmp_path / "server.log")
-    try:
-        process.wait_until(lambda: process.status("m")[1].state == END, "version 1 END")
-        message = process.status("m")[1].status.error_message
-        assert f"cannot use {tmp_path / 'm' / '1' / BATCHING_PARAMS_FILE}" in message
-    finally:
-        process.stop()
+def test_a_file_that_does_not_parse_fails_the_version_s_load(per_model_server):
+    process, root = per_model_server
+
+    process.wait_until(lambda: process.status(UNPARSABLE)[1].state == END, "version 1 END")
+    message = process.status(UNPARSABLE)[1].status.error_message
+    assert f"cannot use {root / UNPARSABLE / '1' / BATCHING_PARAMS_FILE}" in message

@@ -1,8 +1,13 @@
-"""``ftserve model-server`` as a command: batching, single-model flags, start-up errors."""
+"""``ftserve model-server`` as a command: batching, single-model flags, start-up errors.
+
+The two batching tests share one server: the first compares metrics before and after its
+own requests, the second only sends requests.
+"""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -14,11 +19,13 @@ from service.cli import main
 from tests.model_server.conftest import (
     FTSERVE,
     MODEL,
+    ServerProcess,
     Template,
     add_version,
     image_request,
     outputs,
 )
+from tests.support.servers import WindingDown
 
 BATCHING = """
 max_batch_size { value: 16 }
@@ -39,24 +46,32 @@ def batch_sizes(metrics_text: str) -> tuple[float, float]:
     raise AssertionError("no batch size histogram in the metrics")
 
 
-def test_batching_merges_concurrent_requests_without_mixing_results(
-    start_server, tmp_path: Path, template: Template
-):
-    repo = tmp_path / "repo"
-    add_version(repo, template.version_dir)
-    (tmp_path / "batching.config").write_text(BATCHING)
-    (tmp_path / "monitoring.config").write_text("prometheus_config { enable: true }")
-    server = start_server(
-        FTSERVE,
-        [
-            f"--model_name={MODEL}",
-            f"--model_base_path={repo / MODEL}",
-            "--enable_batching=true",
-            f"--batching_parameters_file={tmp_path / 'batching.config'}",
-            f"--monitoring_config_file={tmp_path / 'monitoring.config'}",
-        ],
-    )
+@pytest.fixture(scope="module")
+def batching_server(
+    tmp_path_factory: pytest.TempPathFactory, template: Template, winding_down: WindingDown
+) -> Iterator[ServerProcess]:
+    """One model from the single-model flags, batching on, with Prometheus metrics."""
+    root = tmp_path_factory.mktemp("batching")
+    add_version(root / "repo", template.version_dir)
+    (root / "batching.config").write_text(BATCHING)
+    (root / "monitoring.config").write_text("prometheus_config { enable: true }")
+    flags = [
+        f"--model_name={MODEL}",
+        f"--model_base_path={root / 'repo' / MODEL}",
+        "--enable_batching=true",
+        f"--batching_parameters_file={root / 'batching.config'}",
+        f"--monitoring_config_file={root / 'monitoring.config'}",
+    ]
+    server = ServerProcess(FTSERVE, flags, root / "server.log")
     server.wait_for_version(1)
+    yield server
+    winding_down.add(server)
+
+
+def test_batching_merges_concurrent_requests_without_mixing_results(
+    batching_server: ServerProcess, template: Template
+):
+    server = batching_server
     images = [template.image(i) for i in range(len(template.images))]
     # One at a time first: each answer as a batch of one would give it.
     alone = [outputs(server.predict_stub.Predict(image_request([x]), timeout=30)) for x in images]
@@ -90,39 +105,27 @@ def test_batching_merges_concurrent_requests_without_mixing_results(
 
 
 def test_a_bad_image_in_a_batch_fails_only_its_own_request(
-    start_server, tmp_path: Path, template: Template
+    batching_server: ServerProcess, template: Template
 ):
-    repo = tmp_path / "repo"
-    add_version(repo, template.version_dir)
-    (tmp_path / "batching.config").write_text(BATCHING)
-    server = start_server(
-        FTSERVE,
-        [
-            f"--model_name={MODEL}",
-            f"--model_base_path={repo / MODEL}",
-            "--enable_batching",
-            f"--batching_parameters_file={tmp_path / 'batching.config'}",
-        ],
-    )
-    server.wait_for_version(1)
+    server = batching_server
     payloads = [template.image(0), b"not an image", template.image(1), template.image(2)]
-    answers: dict[int, object] = {}
+    versions: dict[int, int] = {}
+    refusals: dict[int, grpc.StatusCode] = {}
 
     def call(index: int) -> None:
         try:
-            answers[index] = server.predict_stub.Predict(
-                image_request([payloads[index]]), timeout=60
-            )
+            response = server.predict_stub.Predict(image_request([payloads[index]]), timeout=60)
+            versions[index] = response.model_spec.version.value
         except grpc.RpcError as exc:
-            answers[index] = exc.code()
+            refusals[index] = exc.code()
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(payloads))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    assert answers[1] == grpc.StatusCode.INVALID_ARGUMENT
-    assert all(answers[i].model_spec.version.value == 1 for i in (0, 2, 3))  # type: ignore[union-attr]
+    assert refusals == {1: grpc.StatusCode.INVALID_ARGUMENT}
+    assert versions == {0: 1, 2: 1, 3: 1}
 
 
 def test_model_server_without_a_model_is_a_usage_error(capsys: pytest.CaptureFixture[str]):

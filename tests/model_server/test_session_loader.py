@@ -1,43 +1,33 @@
 """TF1 exports that only a session loader serves: upstream's ``saved_model_half_plus_three``.
 
 ``tf.saved_model.load`` cannot rebuild its TF 1.0 graph; TensorFlow Serving serves it from
-a session, and so does ``ftserve model-server``. One server for the module serves it, with
-a warmup record, beside a copy whose checkpoint index is garbage.
+a session, and so does ``ftserve model-server``. The shared ``upstream`` server
+(``server_fixtures``) serves it with a warmup record, beside a copy whose checkpoint index
+is garbage.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from google.protobuf import text_format
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_log_pb2
-from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
+from tensorflow_serving.apis import get_model_metadata_pb2
 
 from service.model_server.manager import load_servable, open_servable
-from service.model_server.servable import WARMUP_PATH, FunctionServable, LoadError
+from service.model_server.servable import FunctionServable, LoadError
 from service.model_server.session_servable import SessionServable
 from service.model_server.status import ServingError
-from tests.model_server.conftest import FTSERVE, NO_TF_SERVING, TF_SERVING, ServerProcess
+from tests.model_server.conftest import FTSERVE, ServerProcess
+from tests.model_server.server_fixtures import BROKEN, HALF_PLUS_THREE, x_request
 from tests.support.tf_serving_models import VERSION, VERSION_DIR
 
-MODEL = "half_plus_three"
-BROKEN = "half_plus_three_with_a_corrupt_checkpoint"
+MODEL = HALF_PLUS_THREE
 REPORTED_ERROR = "Shape must be rank 1 but is rank 0 for '{{node ParseExample}}"
 PREDICT = "tensorflow/serving/predict"
-
-
-def x_request(values: list[float], shape: list[int], model: str = MODEL):
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto(values, dtype=tf.float32, shape=shape))
-    return request
 
 
 def example(x: float) -> bytes:
@@ -45,49 +35,10 @@ def example(x: float) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature={"x": feature})).SerializeToString()
 
 
-def write_warmup(version_dir: Path, request: predict_pb2.PredictRequest) -> None:
-    path = version_dir / WARMUP_PATH
-    path.parent.mkdir(exist_ok=True)
-    record = prediction_log_pb2.PredictionLog()
-    record.predict_log.request.CopyFrom(request)
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        writer.write(record.SerializeToString())
-
-
-@pytest.fixture(scope="module")
-def models(half_plus_three_tf1: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``half_plus_three`` with a warmup record, and a copy with a corrupt checkpoint."""
-    root = tmp_path_factory.mktemp("session-models")
-    warm = root / MODEL
-    shutil.copytree(half_plus_three_tf1, warm)
-    write_warmup(warm / VERSION_DIR, x_request([1.0], [1]))
-    broken = root / BROKEN
-    shutil.copytree(half_plus_three_tf1, broken)
-    (broken / VERSION_DIR / "variables" / "variables.index").write_bytes(b"not an index")
-    config = ModelServerConfig()
-    for name, base in [(MODEL, warm), (BROKEN, broken)]:
-        entry = config.model_config_list.config.add()
-        entry.name, entry.base_path, entry.model_platform = name, str(base), "tensorflow"
-    (root / "models.config").write_text(text_format.MessageToString(config))
-    return root
-
-
-@pytest.fixture(scope="module", params=[FTSERVE, TF_SERVING])
-def server(request: pytest.FixtureRequest, models: Path, tmp_path_factory: pytest.TempPathFactory):
-    kind = request.param
-    if kind == TF_SERVING and not os.environ.get("TF_SERVING_BIN"):
-        pytest.skip(NO_TF_SERVING)
-    log = tmp_path_factory.mktemp(f"session-{kind}") / "server.log"
-    process = ServerProcess(kind, [f"--model_config_file={models / 'models.config'}"], log)
-    process.wait_for_version(VERSION, MODEL)
-    process.wait_until(lambda: broken_version_failed(process), f"{BROKEN} to fail")
-    yield process
-    process.stop()
-
-
-def broken_version_failed(process: ServerProcess) -> bool:
-    state = process.status(BROKEN).get(VERSION)
-    return state is not None and state.status.error_code != 0
+@pytest.fixture
+def server(upstream_server: ServerProcess) -> ServerProcess:
+    """The shared upstream server of each kind; ``BROKEN`` has failed to load there."""
+    return upstream_server
 
 
 # -- in process -------------------------------------------------------------------------------
@@ -133,15 +84,16 @@ def test_session_servable_keeps_tensorflows_status_code(half_plus_three_tf1: Pat
     assert "Expected serialized to be a vector, got shape: [1,1]" in info.value.message
 
 
-def test_warmup_replays_its_record_on_the_session(models: Path):
-    servable = load_servable(MODEL, VERSION, models / MODEL / VERSION_DIR, warmup=False)
+def test_warmup_replays_its_record_on_the_session(half_plus_three_copies: dict[str, Path]):
+    path = half_plus_three_copies[MODEL] / VERSION_DIR
+    servable = load_servable(MODEL, VERSION, path, warmup=False)
 
     assert isinstance(servable, SessionServable)
     assert servable.warm_up() == 1
 
 
-def test_session_load_error_is_a_clean_load_error(models: Path):
-    path = models / BROKEN / VERSION_DIR
+def test_session_load_error_is_a_clean_load_error(half_plus_three_copies: dict[str, Path]):
+    path = half_plus_three_copies[BROKEN] / VERSION_DIR
 
     with pytest.raises(LoadError) as info:
         open_servable(BROKEN, VERSION, path)
@@ -154,7 +106,7 @@ def test_session_load_error_is_a_clean_load_error(models: Path):
 
 
 def test_grpc_predict_on_a_flat_tensor(server: ServerProcess):
-    response = server.predict_stub.Predict(x_request([1.0, 2.0, 5.0], [3]), timeout=10)
+    response = server.predict_stub.Predict(x_request(MODEL, [1.0, 2.0, 5.0], [3]), timeout=10)
 
     y = response.outputs["y"]
     assert y.dtype == types_pb2.DT_FLOAT
@@ -227,10 +179,12 @@ def test_rest_get_model_metadata(server: ServerProcess):
     }
 
 
-def test_broken_version_reports_its_load_error(server: ServerProcess, models: Path):
+def test_broken_version_reports_its_load_error(
+    server: ServerProcess, upstream_models: dict[str, Path]
+):
     state = server.status(BROKEN)[VERSION]
 
     assert state.status.error_code != 0
     if server.kind == FTSERVE:
-        path = models / BROKEN / VERSION_DIR
+        path = upstream_models[BROKEN] / VERSION_DIR
         assert state.status.error_message.startswith(f"cannot load {path}: ")

@@ -13,6 +13,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from tests.model_server.conftest import FTSERVE, ServerProcess
 from tests.model_server.upstream_flags import TLS_GROUP, UPSTREAM_FLAGS
+from tests.support.servers import WindingDown
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 MODEL = "m"
@@ -42,7 +43,7 @@ def status(channel: grpc.Channel) -> list[tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def tls_server(
-    tmp_path_factory: pytest.TempPathFactory, saved_model: Path
+    tmp_path_factory: pytest.TempPathFactory, saved_model: Path, winding_down: WindingDown
 ) -> Iterator[tuple[ServerProcess, bytes, bytes]]:
     root = tmp_path_factory.mktemp("tls")
     key, cert = self_signed(root)
@@ -59,7 +60,7 @@ def tls_server(
     with grpc.secure_channel(f"localhost:{server.port}", credentials) as channel:
         server.wait_until(lambda: status(channel) == [(1, AVAILABLE)], "m AVAILABLE over TLS")
     yield server, key, cert
-    server.stop(timeout=20)
+    winding_down.add(server)
 
 
 def test_client_with_a_certificate_is_served_over_tls(tls_server):

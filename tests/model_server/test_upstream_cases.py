@@ -1,13 +1,13 @@
 """TensorFlow Serving's own server tests and README quick start, against both servers.
 
 ``half_plus_two`` (``y = 0.5 * x + 2``) in TF2 and TF1 form, served from the zero-padded
-version folder ``00000123`` as TensorFlow Serving's test data and Docker quick start do.
-One server per kind and model for the module.
+version folder ``00000123`` as TensorFlow Serving's test data and Docker quick start do:
+the TF2 form with the quick start's flags, the TF1 form by the shared ``upstream`` server
+(``server_fixtures``).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import grpc
@@ -21,31 +21,17 @@ from tensorflow_serving.apis import (
     predict_pb2,
 )
 
-from tests.model_server.conftest import FTSERVE, NO_TF_SERVING, TF_SERVING, ServerProcess
+from tests.model_server.conftest import FTSERVE, TF_SERVING, ServerProcess
+from tests.model_server.server_fixtures import HALF_PLUS_TWO, skip_without_tf_serving, x_request
 
-MODEL = "half_plus_two"
-CASES = [(kind, form) for form in ("tf2", "tf1") for kind in (FTSERVE, TF_SERVING)]
+MODEL = HALF_PLUS_TWO
 BAD_CONFIG_MESSAGE = "Error parsing text-format tensorflow.serving.ModelServerConfig"
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[f"{k}-{f}" for k, f in CASES])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    kind, form = request.param
-    if kind == TF_SERVING and not os.environ.get("TF_SERVING_BIN"):
-        pytest.skip(NO_TF_SERVING)
-    base_path: Path = request.getfixturevalue(f"half_plus_two_{form}")
-    log = tmp_path_factory.mktemp(f"upstream-{kind}-{form}") / "server.log"
-    process = ServerProcess(kind, [f"--model_name={MODEL}", f"--model_base_path={base_path}"], log)
-    process.wait_for_version(123, MODEL)
-    yield process
-    process.stop()
-
-
-def x_request(values: list[float], shape: list[int]) -> predict_pb2.PredictRequest:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = MODEL
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto(values, dtype=tf.float32, shape=shape))
-    return request
+@pytest.fixture
+def server(half_plus_two_server: ServerProcess) -> ServerProcess:
+    """A server of each kind serving ``half_plus_two`` in each form."""
+    return half_plus_two_server
 
 
 # -- the README quick start -----------------------------------------------------------------
@@ -66,7 +52,7 @@ def test_rest_predict_columnar_inputs(server: ServerProcess):
 
 
 def test_grpc_predict_on_a_flat_tensor(server: ServerProcess):
-    response = server.predict_stub.Predict(x_request([1.0, 2.0, 5.0], [3]), timeout=10)
+    response = server.predict_stub.Predict(x_request(MODEL, [1.0, 2.0, 5.0], [3]), timeout=10)
 
     y = response.outputs["y"]
     assert y.dtype == types_pb2.DT_FLOAT
@@ -78,7 +64,7 @@ def test_grpc_predict_on_a_flat_tensor(server: ServerProcess):
 
 
 def test_grpc_predict_one_value_with_output_filter(server: ServerProcess):
-    request = x_request([2.0], [1])
+    request = x_request(MODEL, [2.0], [1])
     request.output_filter.append("y")
 
     response = server.predict_stub.Predict(request, timeout=10)
@@ -168,8 +154,7 @@ def test_get_model_metadata_rest(server: ServerProcess):
 
 @pytest.mark.parametrize("kind", [FTSERVE, TF_SERVING])
 def test_unparsable_model_config_is_reported_in_tf_serving_words(kind: str, tmp_path: Path):
-    if kind == TF_SERVING and not os.environ.get("TF_SERVING_BIN"):
-        pytest.skip(NO_TF_SERVING)
+    skip_without_tf_serving(kind)
     config = tmp_path / "bad_model_config.txt"
     config.write_text("improperly formatted file\n")
     server = ServerProcess(kind, [f"--model_config_file={config}"], tmp_path / "server.log")

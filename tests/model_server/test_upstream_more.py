@@ -1,42 +1,45 @@
 """The rest of TensorFlow Serving's ``tensorflow_model_server_test.py``, against both servers.
 
-Upstream starts one server per case and names its model ``default``; here one model config
-file serves all the models of the prediction cases at once (upstream's ``good_model_config``
-models, and the four it exports with TF and Keras), and three more servers cover batching
-with gRPC channel arguments and the two ways a new model list arrives. Requests and
-expected answers are upstream's: ``x = 2.0`` in, ``y`` out, every model at version 123.
+Upstream starts one server per case and names its model ``default``; here the shared
+``upstream`` server (``server_fixtures``) serves all the models of the prediction cases from
+one model config file (upstream's ``good_model_config`` models, and the four it exports with
+TF and Keras), and three more servers cover batching with gRPC channel arguments and the two
+ways a new model list arrives. Requests and expected answers are upstream's: ``x = 2.0`` in,
+``y`` out, every model at version 123.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import grpc
 import pytest
-import tensorflow as tf
-from google.protobuf import text_format
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import model_management_pb2, predict_pb2
-from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
+from tensorflow_serving.apis import model_management_pb2
 
-from tests.model_server.conftest import FTSERVE, NO_TF_SERVING, TF_SERVING, ServerProcess
-from tests.support.servers import ROOT
-from tests.support.tf_serving_models import VERSION, VERSION_DIR
+from tests.model_server.conftest import FTSERVE, TF_SERVING, ServerProcess
+from tests.model_server.server_fixtures import (
+    DEFAULT,
+    HALF_PLUS_THREE,
+    HALF_PLUS_TWO,
+    model_list,
+    skip_without_tf_serving,
+    write_config,
+    x_request,
+)
+from tests.support.servers import WindingDown
+from tests.support.tf_serving_models import (
+    CUSTOM_SIGNATURE,
+    KERAS,
+    KERAS_MIRRORED,
+    SAVED,
+    SAVED_TWO_SIGNATURES,
+    SERVING_DEFAULT,
+    VERSION,
+)
 
 KINDS = [FTSERVE, TF_SERVING]
-DEFAULT = "default"
-HALF_PLUS_TWO = "half_plus_two"
-HALF_PLUS_THREE = "half_plus_three"
-SAVED = "tf_saved_model_save"
-SAVED_TWO_SIGNATURES = "tf_saved_model_save_multiple_signatures"
-KERAS = "sequential_keras_saved_model_save"
-KERAS_MIRRORED = "distrat_sequential_keras_saved_model_save"
-SERVING_DEFAULT = "serving_default"
-CUSTOM_SIGNATURE = "custom_signature_key"
 # Upstream's batching_config.txt and testGoodGrpcChannelArgs' arguments.
 BATCHING_PARAMETERS = """\
 max_batch_size { value: 128 }
@@ -51,120 +54,17 @@ UNSUPPORTED_RELOAD = (
 )
 
 
-# -- the models upstream exports inside its tests --------------------------------------------
-
-
-def write_checkpoint_root(base_path: Path) -> None:
-    """test_tf_saved_model_save: ``y = v1 * v2 * x`` on a ``tf.train.Checkpoint`` root."""
-    root = tf.train.Checkpoint()
-    root.v1, root.v2 = tf.Variable(3.0), tf.Variable(2.0)
-    root.f = tf.function(lambda x: {"y": root.v1 * root.v2 * x})
-    signature = root.f.get_concrete_function(tf.TensorSpec(None, tf.float32))
-    tf.saved_model.save(root, str(base_path / VERSION_DIR), signatures=signature)
-
-
-def write_two_signatures(base_path: Path) -> None:
-    """test_tf_saved_model_save_multiple_signatures: ``y`` is 1 by default, 2 by the other."""
-    any_x = [tf.TensorSpec(None, tf.float32)]
-    root = tf.train.Checkpoint()
-    root.f = tf.function(lambda x: {"y": 1.0}, input_signature=any_x)
-    root.g = tf.function(lambda x: {"y": 2.0}, input_signature=any_x)
-    signatures = {SERVING_DEFAULT: root.f, CUSTOM_SIGNATURE: root.g}
-    tf.saved_model.save(root, str(base_path / VERSION_DIR), signatures=signatures)
-
-
-def sequential(with_dense: bool) -> tf.keras.Model:
-    """Input ``x``, an optional ``Dense(1)`` with weight 1 and bias 0, identity ``y``."""
-    model = tf.keras.Sequential([tf.keras.layers.Input(shape=(1,), dtype="float32", name="x")])
-    if with_dense:
-        model.add(tf.keras.layers.Dense(1, kernel_initializer="ones", bias_initializer="zeros"))
-    model.add(tf.keras.layers.Lambda(lambda x: x, name="y"))
-    return model
-
-
-def save_keras(model: tf.keras.Model, base_path: Path) -> None:
-    # Keras 2, which upstream ran, named the default signature's tensors after the Input and
-    # the last layer (``x``, ``y``); Keras 3 names them ``inputs`` and ``output_0``. The
-    # explicit signature gives the SavedModel the names upstream's request uses.
-    @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
-    def serve(x: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"y": model(x)}
-
-    tf.saved_model.save(model, str(base_path / VERSION_DIR), signatures=serve)
-
-
-def write_mirrored_keras(base_path: Path) -> None:
-    """test_distrat_sequential_keras_saved_model_save: built under a two-CPU MirroredStrategy.
-
-    Splitting the CPU into two logical devices must happen before TensorFlow's runtime
-    starts, so this runs in a fresh interpreter (``mirrored_keras_in_a_fresh_process``).
-    """
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    with tf.distribute.MirroredStrategy(devices=["/cpu:0", "/cpu:1"]).scope():
-        model = sequential(with_dense=True)
-    save_keras(model, base_path)
-
-
-def mirrored_keras_in_a_fresh_process(base_path: Path) -> None:
-    code = (
-        f"import sys, pathlib; from {__name__} import write_mirrored_keras;"
-        " write_mirrored_keras(pathlib.Path(sys.argv[1]))"
-    )
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(base_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-
-
-@pytest.fixture(scope="module")
-def model_paths(
-    half_plus_two_tf1: Path, half_plus_three_tf1: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Path]:
-    """Every prediction case's model by name; upstream's ``default`` is the TF1 half plus two."""
-    root = tmp_path_factory.mktemp("upstream-exports")
-    built = {SAVED: root / SAVED, SAVED_TWO_SIGNATURES: root / SAVED_TWO_SIGNATURES}
-    write_checkpoint_root(built[SAVED])
-    write_two_signatures(built[SAVED_TWO_SIGNATURES])
-    built[KERAS] = root / KERAS
-    save_keras(sequential(with_dense=False), built[KERAS])
-    built[KERAS_MIRRORED] = root / KERAS_MIRRORED
-    mirrored_keras_in_a_fresh_process(built[KERAS_MIRRORED])
-    return {
-        DEFAULT: half_plus_two_tf1,
-        HALF_PLUS_TWO: half_plus_two_tf1,
-        HALF_PLUS_THREE: half_plus_three_tf1,
-        **built,
-    }
-
-
 # -- servers -----------------------------------------------------------------------------------
 
 
-def model_list(models: dict[str, Path]) -> ModelServerConfig:
-    config = ModelServerConfig()
-    for name, base_path in models.items():
-        entry = config.model_config_list.config.add()
-        entry.name, entry.base_path, entry.model_platform = name, str(base_path), "tensorflow"
-    return config
-
-
-def write_config(path: Path, models: dict[str, Path]) -> None:
-    # Whole files only: a polling server must never read half of one.
-    partial = path.with_name(f".{path.name}.tmp")
-    partial.write_text(text_format.MessageToString(model_list(models)))
-    partial.replace(path)
+@pytest.fixture
+def config_server(upstream_server: ServerProcess) -> ServerProcess:
+    """Upstream's good_model_config, the exported models added to it: the shared server."""
+    return upstream_server
 
 
 def start(kind: str, flags: list[str], log_dir: Path, models: list[str]) -> ServerProcess:
-    if kind == TF_SERVING and not os.environ.get("TF_SERVING_BIN"):
-        pytest.skip(NO_TF_SERVING)
+    skip_without_tf_serving(kind)
     server = ServerProcess(kind, flags, log_dir / "server.log")
     for name in models:
         server.wait_for_version(VERSION, name)
@@ -172,25 +72,11 @@ def start(kind: str, flags: list[str], log_dir: Path, models: list[str]) -> Serv
 
 
 @pytest.fixture(scope="module", params=KINDS)
-def config_server(
-    request: pytest.FixtureRequest,
-    model_paths: dict[str, Path],
-    tmp_path_factory: pytest.TempPathFactory,
-):
-    """Upstream's good_model_config, the exported models added to it."""
-    root = tmp_path_factory.mktemp(f"good-config-{request.param}")
-    write_config(root / "good_model_config.conf", model_paths)
-    flags = [f"--model_config_file={root / 'good_model_config.conf'}"]
-    server = start(request.param, flags, root, list(model_paths))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module", params=KINDS)
 def batching_server(
     request: pytest.FixtureRequest,
     half_plus_two_tf1: Path,
     tmp_path_factory: pytest.TempPathFactory,
+    winding_down: WindingDown,
 ):
     """``default`` half plus two with upstream's batching parameters and channel arguments."""
     root = tmp_path_factory.mktemp(f"batching-{request.param}")
@@ -204,14 +90,25 @@ def batching_server(
     ]
     server = start(request.param, flags, root, [DEFAULT])
     yield server
-    server.stop()
+    winding_down.add(server)
+
+
+@pytest.fixture(scope="module")
+def reload_models(
+    half_plus_two_tf1: Path, half_plus_three_copies: dict[str, Path]
+) -> dict[str, Path]:
+    """The two models a reload swaps: base paths by name."""
+    return {
+        HALF_PLUS_TWO: half_plus_two_tf1,
+        HALF_PLUS_THREE: half_plus_three_copies[HALF_PLUS_THREE],
+    }
 
 
 def reload_server(
     kind: str, poll_seconds: int, models: dict[str, Path], root: Path
 ) -> tuple[ServerProcess, Path]:
     config = root / "model_config.txt"
-    write_config(config, {HALF_PLUS_TWO: models[HALF_PLUS_TWO]})
+    write_config(config, model_list({HALF_PLUS_TWO: models[HALF_PLUS_TWO]}))
     flags = [
         f"--model_config_file={config}",
         f"--model_config_file_poll_wait_seconds={poll_seconds}",
@@ -222,27 +119,29 @@ def reload_server(
 @pytest.fixture(scope="module", params=KINDS)
 def polled_server(
     request: pytest.FixtureRequest,
-    model_paths: dict[str, Path],
+    reload_models: dict[str, Path],
     tmp_path_factory: pytest.TempPathFactory,
+    winding_down: WindingDown,
 ):
     """half_plus_two from a config file read again every second; yields (server, file)."""
     root = tmp_path_factory.mktemp(f"polled-{request.param}")
-    server, config = reload_server(request.param, 1, model_paths, root)
+    server, config = reload_server(request.param, 1, reload_models, root)
     yield server, config
-    server.stop()
+    winding_down.add(server)
 
 
 @pytest.fixture(scope="module", params=KINDS)
 def unpolled_server(
     request: pytest.FixtureRequest,
-    model_paths: dict[str, Path],
+    reload_models: dict[str, Path],
     tmp_path_factory: pytest.TempPathFactory,
+    winding_down: WindingDown,
 ):
     """half_plus_two from a config file that is never read again; yields (server, file)."""
     root = tmp_path_factory.mktemp(f"unpolled-{request.param}")
-    server, config = reload_server(request.param, 0, model_paths, root)
+    server, config = reload_server(request.param, 0, reload_models, root)
     yield server, config
-    server.stop()
+    winding_down.add(server)
 
 
 # -- upstream's VerifyPredictRequest ---------------------------------------------------------
@@ -257,11 +156,8 @@ def verify_predict(
     batch_input: bool = False,
 ) -> None:
     """Predict on ``x = 2.0`` (shape [1], or [1, 1] as a batch) and check ``y`` and the spec."""
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
+    request = x_request(model, [2.0], [1, 1] if batch_input else [1])
     request.model_spec.signature_name = signature
-    shape = [1, 1] if batch_input else [1]
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto([2.0], dtype=tf.float32, shape=shape))
     if specify_output:
         request.output_filter.append("y")
 
@@ -277,11 +173,8 @@ def verify_predict(
 
 def predict_fails(server: ServerProcess, model: str) -> grpc.StatusCode | None:
     """The status of a Predict on ``model``, or None when it answers."""
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto([2.0], dtype=tf.float32, shape=[1]))
     try:
-        server.predict_stub.Predict(request, timeout=20)
+        server.predict_stub.Predict(x_request(model, [2.0], [1]), timeout=20)
     except grpc.RpcError as error:
         return error.code()
     return None
@@ -343,11 +236,11 @@ def test_sequential_keras_saved_model_save(config_server: ServerProcess, model: 
 # -- testModelConfigReload, testModelConfigReloadWithZeroPollPeriod ---------------------------
 
 
-def test_model_config_reload_from_the_polled_file(polled_server, model_paths):
+def test_model_config_reload_from_the_polled_file(polled_server, reload_models):
     server, config = polled_server
     verify_predict(server, HALF_PLUS_TWO, 3.0, specify_output=False)
 
-    write_config(config, {HALF_PLUS_THREE: model_paths[HALF_PLUS_THREE]})
+    write_config(config, model_list({HALF_PLUS_THREE: reload_models[HALF_PLUS_THREE]}))
 
     # Upstream sleeps ten seconds; a busy machine gets until the load is seen.
     server.wait_for_version(VERSION, HALF_PLUS_THREE)
@@ -356,11 +249,11 @@ def test_model_config_reload_from_the_polled_file(polled_server, model_paths):
 
 
 def test_zero_poll_period_keeps_the_config_until_reload_config_request(
-    unpolled_server, model_paths
+    unpolled_server, reload_models
 ):
     server, config = unpolled_server
     verify_predict(server, HALF_PLUS_TWO, 3.0, specify_output=False)
-    three = {HALF_PLUS_THREE: model_paths[HALF_PLUS_THREE]}
+    three = model_list({HALF_PLUS_THREE: reload_models[HALF_PLUS_THREE]})
     write_config(config, three)
 
     time.sleep(2)  # upstream's wait: the poll period plus one second
@@ -368,7 +261,7 @@ def test_zero_poll_period_keeps_the_config_until_reload_config_request(
     verify_predict(server, HALF_PLUS_TWO, 3.0, specify_output=False)
     assert predict_fails(server, HALF_PLUS_THREE) == grpc.StatusCode.NOT_FOUND
 
-    request = model_management_pb2.ReloadConfigRequest(config=model_list(three))
+    request = model_management_pb2.ReloadConfigRequest(config=three)
     response = server.model_stub.HandleReloadConfigRequest(request, timeout=120)
 
     assert response.status.error_code == 0
@@ -378,11 +271,11 @@ def test_zero_poll_period_keeps_the_config_until_reload_config_request(
 
 
 def test_reload_config_request_without_a_model_list_is_invalid_argument(
-    unpolled_server, model_paths
+    unpolled_server, reload_models
 ):
     """HandleReloadConfigRequest only takes a ModelConfigList (model_service_impl.cc)."""
     server, _ = unpolled_server
-    two = model_list({HALF_PLUS_TWO: model_paths[HALF_PLUS_TWO]})
+    two = model_list({HALF_PLUS_TWO: reload_models[HALF_PLUS_TWO]})
     reload = server.model_stub.HandleReloadConfigRequest
     reload(model_management_pb2.ReloadConfigRequest(config=two), timeout=120)
     server.wait_for_version(VERSION, HALF_PLUS_TWO)

@@ -3,7 +3,8 @@
 ``ftserve model-server`` needs TensorFlow; the tests that start one may not have it (the
 API's test environment). They run it with ``tf_python()``: this interpreter when it has
 TensorFlow, else the one ``FTSERVE_TEST_TF_PYTHON`` names (``make test`` sets it).
-The model server's own tests extend ``ServerProcess`` with the official stubs.
+The model server's own tests extend ``ServerProcess`` with the official stubs. Tests that
+only ask a server questions share one through ``SharedServers``: a start costs seconds.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 import httpx
@@ -139,6 +143,7 @@ class ServerProcess:
         else:
             command = [os.environ["TF_SERVING_BIN"], *flags]
         self.log_path = log_path
+        self._signalled = False
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -201,14 +206,139 @@ class ServerProcess:
 
         self.wait_until(available, f"{model} version {version} to be AVAILABLE")
 
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+    def terminate(self, signum: int = signal.SIGTERM) -> None:
+        """Close the clients and signal the process once, without waiting for it to exit."""
         self.channel.close()
         self.http.close()
-        if self.process.poll() is None:
+        if not self._signalled and self.process.poll() is None:
             self.process.send_signal(signum)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            self._signalled = True
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """``terminate``, then the exit code; a process still running at ``timeout`` is killed."""
+        self.terminate(signum)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         return self.process.returncode
+
+
+class Stoppable(Protocol):
+    """What ``SharedServer`` needs of a server: its process, its log, a way to stop it."""
+
+    process: subprocess.Popen[bytes]
+
+    def log(self) -> str: ...
+
+    def terminate(self) -> None: ...
+
+    def stop(self, *, timeout: float = ...) -> int: ...
+
+
+P = TypeVar("P", bound=Stoppable)
+
+
+class SharedServer(Generic[P]):
+    """One model server that many tests borrow: started on first use, and again after a crash.
+
+    ``make(log_path)`` starts the process and ``ready(server)`` waits until it serves. A test
+    during which the server dies fails in its teardown, with the server's log; the next test
+    gets a fresh process rather than a dead port, so one crash is reported once.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        make: Callable[[Path], P],
+        ready: Callable[[P], None],
+        log_dir: Path,
+    ) -> None:
+        self.name = name
+        self.starts = 0
+        self._make, self._ready, self._log_dir = make, ready, log_dir
+        self._server: P | None = None
+        self._start_failure: str | None = None
+
+    @contextmanager
+    def borrow(self) -> Iterator[P]:
+        """The running server, for one test; fails that test if the server dies during it."""
+        server = self._running()
+        yield server
+        if server.process.poll() is not None:
+            pytest.fail(
+                f"the shared {self.name} server exited with {server.process.returncode} during"
+                f" this test:\n{server.log()}"
+            )
+
+    def _running(self) -> P:
+        if self._start_failure is not None:
+            # Failed once already: every later test would wait just as long to fail the same way.
+            pytest.fail(self._start_failure)
+        if self._server is not None and self._server.process.poll() is None:
+            return self._server
+        self.stop()
+        self.starts += 1
+        server = self._make(self._log_dir / f"{self.name}-{self.starts}.log")
+        try:
+            self._ready(server)
+        except BaseException as exc:  # pytest.fail raises a BaseException
+            server.stop(timeout=20)
+            self._start_failure = f"the shared {self.name} server did not start: {exc}"
+            raise
+        self._server = server
+        return server
+
+    def terminate(self) -> None:
+        """Signal the server to stop, without waiting (``stop`` does)."""
+        if self._server is not None:
+            self._server.terminate()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(timeout=20)
+            self._server = None
+
+
+class SharedServers:
+    """The shared servers of a test package, by name; ``stop_all`` when the package is done."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self._log_dir = log_dir
+        self._servers: dict[str, SharedServer[Any]] = {}
+
+    def get(
+        self, name: str, make: Callable[[Path], P], ready: Callable[[P], None]
+    ) -> SharedServer[P]:
+        """The server called ``name``; ``make`` and ``ready`` count only on the first call."""
+        if name not in self._servers:
+            self._servers[name] = SharedServer(name, make, ready, self._log_dir)
+        return self._servers[name]
+
+    def stop_all(self) -> None:
+        # Signal every server before waiting for any: they wind down side by side.
+        for shared in self._servers.values():
+            shared.terminate()
+        for shared in self._servers.values():
+            shared.stop()
+
+
+class WindingDown:
+    """Servers signalled to stop that nothing waits for until ``wait_all``.
+
+    A model server takes a second or two to unload its models and exit; the tests after the
+    one that started it need not wait for that.
+    """
+
+    def __init__(self) -> None:
+        self._servers: list[Stoppable] = []
+
+    def add(self, server: Stoppable) -> None:
+        server.terminate()
+        self._servers.append(server)
+
+    def wait_all(self) -> None:
+        for server in self._servers:
+            server.stop(timeout=20)
+        self._servers.clear()
