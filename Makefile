@@ -17,10 +17,19 @@ PORT ?= 8000
 GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 WORKERS ?=
+# `make images`: the API and worker images, ftserve-api:$(IMAGE_TAG) and
+# ftserve-worker:$(IMAGE_TAG), with BuildKit on the official bases. BASE=local first builds a
+# Debian bookworm base here with debootstrap (root), for machines that cannot pull;
+# IMAGENET_WEIGHTS=skip leaves the worker's Keras cache empty where the weights cannot be
+# downloaded. A CA bundle pip is configured with goes in as a build secret (CA_BUNDLE=... to
+# name another, CA_BUNDLE= for none). README: "Run it in containers".
+BASE ?= official
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+IMAGENET_WEIGHTS ?= download
 # The browser tests drive this chromium through Playwright; without it they skip.
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: venv run test test-main test-api browser lint format bench clean protos
+.PHONY: venv run test test-main test-api browser lint format bench clean protos images
 
 # The virtual environment is rebuilt whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -82,6 +91,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(API_VENV) var .pytest_cache .ruff_cache .mypy_cache
+
+images:
+	BASE=$(BASE) IMAGE_TAG=$(IMAGE_TAG) IMAGENET_WEIGHTS=$(IMAGENET_WEIGHTS) \
+		deploy/docker/build-images.sh
 
 # Regenerate the Python modules of protos/ (committed; a test checks they are current).
 protos: $(STAMP)
