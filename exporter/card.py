@@ -1,8 +1,9 @@
 """The model card: what a version is, how it was made and how well it did, as JSON-ready data.
 
 It records the run's lineage (backbone, weights and their hash, every hyperparameter, the
-dataset fingerprint), its validation results, the ONNX parity measured at export, the
-library versions that produced it and the signatures as the saved SavedModel declares them.
+dataset fingerprint), the head and how it was chosen, its validation results, the ONNX
+parity measured at export, the library versions that produced it and the signatures as the
+saved SavedModel declares them.
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ def build_model_card(
         "image_size": result.image_size,
         "preprocessing": get_backbone(result.config.base_model).preprocessing,
         "hyperparameters": summary["config"],
+        # The head built; when the config left it to "auto", every candidate tried and how
+        # each did on the validation split.
+        "head": summary["head"],
         "dataset": summary["dataset"],
         "training": {
             key: summary[key]

@@ -82,8 +82,12 @@ class TrainConfig(BaseModel):
     learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
     early_stopping_patience: int = Field(default=3, ge=0)
 
-    pooling: Literal["avg", "flatten"] = "avg"
-    dense_units: tuple[int, ...] = ()
+    # The head: "auto" pooling and null dense_units are chosen on validation, on the cached
+    # features (each of avg/flatten, with and without one hidden layer); set both to fix it.
+    # Opt-in for now: the search becomes the default once its cost is measured on a
+    # real-sized base.
+    pooling: Literal["auto", "avg", "flatten"] = "avg"
+    dense_units: tuple[Annotated[int, Field(ge=1)], ...] | None = ()
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
     augmentation: AugmentationConfig | None = None
     # Compute the frozen base's features once and train the head on them (phase 1, no

@@ -9,7 +9,8 @@ The model is assembled from two halves that share their layers:
   under mixed precision, so probabilities are exact).
 
 ``model`` chains augmentation (when enabled), ``features`` and ``head``; it is what is
-trained end to end, fine-tuned, evaluated and exported.
+trained end to end, fine-tuned, evaluated and exported. Which pooling and hidden layers the
+head has is a ``HeadSpec``: fixed by the job's config, or chosen on validation (heads.py).
 """
 
 from __future__ import annotations
@@ -24,47 +25,117 @@ from service.errors import InvalidConfigError
 from service.training.backbones import Backbone, BackbonePreprocessing
 
 
+@dataclass(frozen=True)
+class HeadSpec:
+    """One head design: how the base's feature maps are pooled, then the hidden layers."""
+
+    pooling: str  # "avg" or "flatten"
+    dense_units: tuple[int, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """A short label, e.g. ``avg`` or ``flatten+256``."""
+        return "+".join([self.pooling, *map(str, self.dense_units)])
+
+    def to_json(self) -> dict[str, object]:
+        return {"pooling": self.pooling, "dense_units": list(self.dense_units)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> HeadSpec:
+        return cls(str(data["pooling"]), tuple(int(u) for u in data["dense_units"]))
+
+
+def default_head(config: TrainConfig) -> HeadSpec:
+    """The head ``config`` names, its ``auto`` parts at the cheapest choice (no search)."""
+    pooling = "avg" if config.pooling == "auto" else config.pooling
+    return HeadSpec(pooling, config.dense_units or ())
+
+
 @dataclass
 class Classifier:
     model: keras.Model
     features: keras.Model
     head: keras.Model
     base: keras.Model
+    head_spec: HeadSpec
 
 
 def build_classifier(
-    backbone: Backbone, base: keras.Model, num_classes: int, image_size: int, config: TrainConfig
+    backbone: Backbone,
+    base: keras.Model,
+    num_classes: int,
+    image_size: int,
+    config: TrainConfig,
+    head: HeadSpec | None = None,
 ) -> Classifier:
+    """Assemble the classifier around ``base``, which is frozen here.
+
+    Args:
+        head: the head to build; ``default_head(config)`` when omitted.
+    """
+    spec = head or default_head(config)
     base.trainable = False
     inputs = keras.Input(shape=(image_size, image_size, 3), name="images")
-    x = BackbonePreprocessing(backbone.preprocessing, name="preprocessing")(inputs)
-    # Keep the base in inference mode, even after unfreezing: its BatchNormalization
-    # statistics belong to the data it was pretrained on.
-    x = base(x, training=False)
-    pool = layers.GlobalAveragePooling2D if config.pooling == "avg" else layers.Flatten
-    pooled = pool(name=f"{config.pooling}_pool")(x)
+    x = _base_maps(backbone, base, inputs)
+    pooled = pooling_layer(spec.pooling)(x)
     features = keras.Model(inputs, pooled, name="features")
 
-    head = _build_head(pooled.shape[-1], num_classes, config)
+    head_model = build_head(pooled.shape[-1], num_classes, spec, config.dropout, config.seed)
     images = keras.Input(shape=(image_size, image_size, 3), name="images")
     x = images
     if config.augmentation is not None:
         x = build_augmentation(config.augmentation, config.seed)(x)
-    outputs = head(features(x))
+    outputs = head_model(features(x))
     model = keras.Model(images, outputs, name=f"{backbone.name}_classifier")
-    return Classifier(model, features, head, base)
+    return Classifier(model, features, head_model, base, spec)
 
 
-def _build_head(feature_dim: int, num_classes: int, config: TrainConfig) -> keras.Model:
+def pooling_layer(pooling: str, name: str | None = None) -> layers.Layer:
+    """The layer that turns feature maps [N, H, W, C] into a head's input vectors."""
+    pool = layers.GlobalAveragePooling2D if pooling == "avg" else layers.Flatten
+    return pool(name=name or f"{pooling}_pool")
+
+
+def _base_maps(backbone: Backbone, base: keras.Model, images: keras.KerasTensor):
+    x = BackbonePreprocessing(backbone.preprocessing, name="preprocessing")(images)
+    # Keep the base in inference mode, even after unfreezing: its BatchNormalization
+    # statistics belong to the data it was pretrained on.
+    return base(x, training=False)
+
+
+def build_extractor(
+    backbone: Backbone, base: keras.Model, image_size: int, keep_maps: bool
+) -> keras.Model:
+    """0–255 images → the base's feature maps, to cache for choosing a head.
+
+    With ``keep_maps`` false the maps are averaged to 1×1 (kept 4-D): all an average-pooled
+    head needs, at a fraction of the memory.
+    """
+    inputs = keras.Input(shape=(image_size, image_size, 3), name="images")
+    x = _base_maps(backbone, base, inputs)
+    if not keep_maps:
+        x = layers.GlobalAveragePooling2D(keepdims=True, name="avg_pool")(x)
+    return keras.Model(inputs, x, name="extractor")
+
+
+def build_head(
+    feature_dim: int,
+    num_classes: int,
+    spec: HeadSpec,
+    dropout: float,
+    seed: int,
+    name: str = "head",
+) -> keras.Model:
+    """Pooled features → ``spec``'s hidden layers → dropout → float32 softmax."""
     inputs = keras.Input(shape=(feature_dim,), name="features")
     x = inputs
-    for i, units in enumerate(config.dense_units, start=1):
+    for i, units in enumerate(spec.dense_units, start=1):
         x = layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
-    if config.dropout > 0:
-        x = layers.Dropout(config.dropout, seed=config.seed, name="dropout")(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout, seed=seed, name="dropout")(x)
     x = layers.Dense(num_classes, dtype="float32", name="logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="head")
+    return keras.Model(inputs, outputs, name=name)
 
 
 def build_augmentation(config: AugmentationConfig, seed: int) -> keras.Sequential:

@@ -3,6 +3,8 @@
 Phase 1 takes the fast path whenever it applies (frozen base, no augmentation): the base's
 features are computed once and the head trains on them — the same computation as running
 every image through the frozen base each epoch, without repeating the expensive part.
+Before it, a config that leaves the head to ``auto`` has one chosen on those cached
+features (heads.py); phase 1 goes on from the winner's weights.
 Phase 2 unfreezes the top of the base and continues at a small learning rate; it only
 replaces the phase-1 weights when it improves the validation loss.
 """
@@ -23,6 +25,7 @@ import numpy as np
 from service.config import Settings
 from service.contract.train_config import TrainConfig
 from service.errors import DatasetError, TrainingCancelledError
+from service.training import heads
 from service.training.backbones import ResolvedWeights, build_base, get_backbone, resolve_weights
 from service.training.callbacks import (
     CancelCallback,
@@ -38,7 +41,13 @@ from service.training.callbacks import (
 from service.training.dataset import DatasetIndex, open_dataset, stratified_split
 from service.training.evaluation import evaluate
 from service.training.mistakes import Mistake, find_mistakes
-from service.training.model import Classifier, build_classifier, fine_tune_start, unfreeze_from
+from service.training.model import (
+    Classifier,
+    build_classifier,
+    build_extractor,
+    fine_tune_start,
+    unfreeze_from,
+)
 from service.training.pipeline import (
     PipelineOptions,
     array_dataset,
@@ -71,6 +80,8 @@ class TrainingResult:
     split: dict[str, int]
     runtime: dict[str, object]
     used_feature_cache: bool
+    # Which head was built, and every candidate tried when it was chosen on validation.
+    head: dict[str, object] = field(default_factory=dict)
     history: list[dict[str, object]] = field(default_factory=list)
     fine_tune: dict[str, object] | None = None
     evaluation: dict[str, object] = field(default_factory=dict)
@@ -105,6 +116,7 @@ class TrainingResult:
             },
             "runtime": self.runtime,
             "used_feature_cache": self.used_feature_cache,
+            "head": self.head,
             "history": self.history,
             "fine_tune": self.fine_tune,
             "evaluation": self.evaluation,
@@ -133,7 +145,14 @@ class _Run:
     def timed(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
         yield
-        self.timings[name] = round(time.perf_counter() - started, 3)
+        spent = self.timings.get(name, 0.0) + time.perf_counter() - started
+        self.timings[name] = round(spent, 3)
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        """Build layers under the run's distribution strategy and precision."""
+        with self.rt.strategy.scope(), dtype_policy(self.rt.precision):
+            yield
 
     def callbacks(self, phase: str, epochs: int, steps: int) -> list[keras.callbacks.Callback]:
         # Each epoch is checkpointed: a run resumed after a crash goes on from the last one.
@@ -143,9 +162,13 @@ class _Run:
         ]
         if self.hooks.progress:
             found.append(ProgressCallback(self.hooks.progress, phase, epochs, steps))
+        return found + self.cancel_callbacks()
+
+    def cancel_callbacks(self) -> list[keras.callbacks.Callback]:
+        """A cancel check after every batch, when the caller can cancel."""
         if self.hooks.should_cancel:
-            found.append(CancelCallback(self.hooks.should_cancel))
-        return found
+            return [CancelCallback(self.hooks.should_cancel)]
+        return []
 
     def compile(self, model: keras.Model, learning_rate: float, num_classes: int) -> None:
         # Optimizer and metric variables must live under the model's strategy.
@@ -202,15 +225,21 @@ def train(
     num_classes = len(index.classes)
 
     keras.utils.set_random_seed(config.seed)
-    with rt.strategy.scope(), dtype_policy(rt.precision):
+    with run.scope():
         base = build_base(backbone, image_size, weights)
-        classifier = build_classifier(backbone, base, num_classes, image_size, config)
     start = fine_tune_start(base, config) if config.fine_tunes else None
 
     data = _Data(index, train_idx, val_idx, config, image_size, work_dir, settings, rt)
     fast = config.feature_cache and config.augmentation is None
+    choice, head_weights = _choose_head(run, base, data, fast)
+    # Seeded again: phase 1 starts alike whether this attempt searched or read the choice.
+    keras.utils.set_random_seed(config.seed)
+    with run.scope():
+        classifier = build_classifier(backbone, base, num_classes, image_size, config, choice.spec)
+    if head_weights is not None:
+        classifier.head.set_weights(head_weights)
     with run.timed("head"):
-        phase1_loss = _phase1(run, classifier, data, fast)
+        phase1_loss = _phase1(run, classifier, data, fast, choice.winner_loss)
     fine_tune = None
     if start is not None:
         with run.timed("fine_tune"):
@@ -227,6 +256,7 @@ def train(
         split={"train": len(train_idx), "validation": len(val_idx)},
         runtime=rt.describe(),
         used_feature_cache=fast,
+        head=choice.describe(),
         history=run.history,
         fine_tune=fine_tune,
         evaluation=evaluation,
@@ -301,7 +331,49 @@ def _sample_weights(labels: np.ndarray, num_classes: int, config: TrainConfig):
     return per_class[labels].astype(np.float32)
 
 
-def _phase1(run: _Run, clf: Classifier, data: _Data, fast: bool) -> float:
+def _choose_head(
+    run: _Run, base: keras.Model, data: _Data, fast: bool
+) -> tuple[heads.HeadChoice, list[np.ndarray] | None]:
+    """The head to build and, when it was searched for, the winner's trained weights."""
+    known = heads.known_choice(run.config, run.work_dir)
+    if known is not None:  # fixed by the config, or saved by an earlier attempt of this job
+        return known
+    candidates = heads.candidate_heads(run.config, tuple(base.output.shape[1:]))
+    train, val = _cached_maps(run, base, data, candidates.need_maps)
+    setup = heads.SearchSetup.for_run(
+        run.config,
+        data.options,
+        jit_compile=run.rt.jit_compile,
+        scope=run.scope,
+        # Not checkpointed: a crash before the choice is saved redoes the (seeded) search.
+        callbacks=run.cancel_callbacks(),
+    )
+    with run.timed("head_search"):
+        choice, weights = heads.search_heads(candidates, train, val, setup)
+    heads.save_choice(run.work_dir, choice, weights)
+    if fast:  # phase 1 trains on these maps, pooled the winner's way: no second pass
+        for split, maps in (("train", train.maps), ("validation", val.maps)):
+            data.features[split] = heads.pool_features(maps, choice.spec.pooling)
+    return choice, weights
+
+
+def _cached_maps(
+    run: _Run, base: keras.Model, data: _Data, keep_maps: bool
+) -> tuple[heads.FeatureSplit, heads.FeatureSplit]:
+    """The base's feature maps (or their averages) of both splits, one pass over the images."""
+    backbone = get_backbone(run.config.base_model)
+    with run.scope():
+        extractor = build_extractor(backbone, base, data.options.image_size, keep_maps)
+    with run.timed("features"):
+        train_maps = _extract_features(run, extractor, data, "train")
+        val_maps = _extract_features(run, extractor, data, "validation")
+    train = heads.FeatureSplit(train_maps, data.train_labels, data.train_weights)
+    return train, heads.FeatureSplit(val_maps, data.val_labels)
+
+
+def _phase1(
+    run: _Run, clf: Classifier, data: _Data, fast: bool, start_loss: float | None = None
+) -> float:
     config, state = run.config, run.work_dir / PHASE1_STATE
     if state.is_file():  # resuming a job whose head was already trained
         clf.model.set_weights(load_weight_arrays(run.work_dir / PHASE1_WEIGHTS))
@@ -316,6 +388,8 @@ def _phase1(run: _Run, clf: Classifier, data: _Data, fast: bool) -> float:
         patience=config.early_stopping_patience, restore_best_weights=True
     )
     callbacks = [*run.callbacks("head", config.epochs, data.steps), stop]
+    if start_loss is not None:  # the head search's winner: end no worse than it started
+        callbacks.append(KeepBest(start_loss, model.get_weights()))
     model.fit(
         train_ds,
         validation_data=val_ds,
@@ -342,29 +416,30 @@ def load_weight_arrays(path: Path) -> list[np.ndarray]:
 
 
 def _feature_datasets(run: _Run, clf: Classifier, data: _Data):
-    with run.timed("features"):
-        splits = {}
-        for split, labels, weights, training in (
-            ("train", data.train_labels, data.train_weights, True),
-            ("validation", data.val_labels, None, False),
-        ):
-            features = _extract_features(run, clf, data, split)
-            data.features[split] = features
-            splits[split] = array_dataset(
-                features, labels, weights, data.options, training=training
-            )
+    splits = {}
+    for split, labels, weights, training in (
+        ("train", data.train_labels, data.train_weights, True),
+        ("validation", data.val_labels, None, False),
+    ):
+        if split not in data.features:  # the head search may have left them pooled already
+            with run.timed("features"):
+                data.features[split] = _extract_features(run, clf.features, data, split)
+        splits[split] = array_dataset(
+            data.features[split], labels, weights, data.options, training=training
+        )
     return splits["train"], splits["validation"]
 
 
-def _extract_features(run: _Run, clf: Classifier, data: _Data, split: str) -> np.ndarray:
+def _extract_features(run: _Run, model: keras.Model, data: _Data, split: str) -> np.ndarray:
+    """``model``'s outputs for every image of ``split``, in order, in one pass."""
     rows = len(data.train_paths if split == "train" else data.val_paths)
-    store = feature_store(rows, tuple(clf.features.output.shape[1:]), data.options)
+    store = feature_store(rows, tuple(model.output.shape[1:]), data.options)
     batches = data.unshuffled_images(split)
     total = math.ceil(rows / data.options.batch_size)
     offset = 0
     for step, batch in enumerate(batches, start=1):
         images = batch[0]
-        out = np.asarray(clf.features.predict_on_batch(images), dtype=np.float32)
+        out = np.asarray(model.predict_on_batch(images), dtype=np.float32)
         store[offset : offset + len(out)] = out
         offset += len(out)
         if run.hooks.should_cancel and run.hooks.should_cancel():

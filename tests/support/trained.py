@@ -38,8 +38,9 @@ class Template:
         return self.images[index % len(self.images)][1]
 
 
-def train_shapes(root: Path) -> tuple[Path, TrainingResult]:
-    """Train the session's model under ``root``: its dataset folder and training result."""
+def train_shapes(root: Path, **overrides: object) -> tuple[Path, TrainingResult]:
+    """Train the session's model under ``root``: its dataset folder and training result
+    (``overrides`` change its training config)."""
     from service.contract.train_config import TrainConfig
     from service.training.trainer import train
 
@@ -51,8 +52,15 @@ def train_shapes(root: Path) -> tuple[Path, TrainingResult]:
         weights_dir=root / "weights",
         weights_download=False,
     )
-    config = TrainConfig(
-        model_name=MODEL, base_model="small_cnn", weights="none", epochs=2, batch_size=8
+    config = TrainConfig.model_validate(
+        {
+            "model_name": MODEL,
+            "base_model": "small_cnn",
+            "weights": "none",
+            "epochs": 2,
+            "batch_size": 8,
+            **overrides,
+        }
     )
     return data, train(data, config, settings.work_dir / "job", settings)
 
