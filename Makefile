@@ -83,11 +83,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix service exporter tests bench
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.training_speed
-	$(BIN)/python -m bench.export_serving
-	$(BIN)/python -m bench.model_server
-	$(BIN)/python -m bench.api_predict
-	$(BIN)/python -m bench.label_moves
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) $(API_VENV) var .pytest_cache .ruff_cache .mypy_cache

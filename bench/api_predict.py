@@ -5,7 +5,9 @@
    base64 instance; the API forwards the bytes over its long-lived gRPC channel) and
    straight to the model server with the official ``tensorflow_serving.apis`` stubs.
    p50/p99 at concurrency 1, and saturated throughput at ``--saturate`` concurrent
-   clients; the two paths take turns level by level.
+   clients; the two paths take turns level by level. Twice: all processes sharing the
+   CPUs, then (with 2 CPUs or more) the model server pinned apart from the API and the
+   client, every thread of each, as ``taskset -a -p`` pins: overhead told from contention.
 2. Cold start: spawn to the first ``200`` from ``/healthz`` for ``ftserve api``, against
    ``python -c "import tensorflow"`` alone (what any process that imports TensorFlow pays
    before doing anything), the median of ``--starts`` runs each.
@@ -18,7 +20,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,14 +40,19 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from bench.export_serving import photo_like_jpeg
 from bench.model_server import MODEL, ROOT, Server, drive, export, free_port
+from bench.report import Measured
+from service.contract.repository import ModelRepository
+from service.contract.serving_state import STABLE
 
 Call = Callable[[], Awaitable[object]]
+ROUNDS = 2
 
 
-def summary(wall: float, latencies: list[float]) -> tuple[float, float, float]:
+def summary(wall: float, latencies: list[float], cpu: float) -> tuple[float, ...]:
+    """(req/s, p50 ms, p99 ms, client cores) of one measured level."""
     latencies.sort()
     p99 = latencies[round(0.99 * (len(latencies) - 1))]
-    return len(latencies) / wall, statistics.median(latencies), p99
+    return len(latencies) / wall, statistics.median(latencies), p99, cpu / wall
 
 
 def start_api(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], int, float]:
@@ -72,7 +81,8 @@ def import_tensorflow_seconds() -> float:
 
 async def compare(grpc_port: int, api_port: int, image: bytes, requests: int, saturate: int):
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = MODEL
+    # Both paths name the label /predict follows by default, so the server resolves alike.
+    request.model_spec.name, request.model_spec.version_label = MODEL, STABLE
     request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([image]))
     body = {"model": MODEL, "instances": [{"b64": base64.b64encode(image).decode()}]}
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
@@ -85,35 +95,90 @@ async def compare(grpc_port: int, api_port: int, image: bytes, requests: int, sa
 
     async def through_api() -> object:
         response = await http.post("/predict", json=body)
-        response.raise_for_status()
+        if response.status_code != 200:
+            raise RuntimeError(f"/predict answered {response.status_code}: {response.text[:300]}")
         return response
 
-    results: dict[str, dict[int, tuple[float, float, float]]] = {"grpc": {}, "api": {}}
+    calls = {"grpc": direct, "api": through_api}
+    results: dict[str, dict[int, tuple[float, ...]]] = {"grpc": {}, "api": {}}
     for concurrency in (1, saturate):
-        for name, call in (("grpc", direct), ("api", through_api)):
+        for call in calls.values():
             await drive(call, concurrency, max(20, requests // 10))  # warm up
-            wall, latencies, _ = await drive(call, concurrency, requests)
-            results[name][concurrency] = summary(wall, latencies)
+        # The paths take turns, ROUNDS times, so drifting load hits both alike.
+        walls = dict.fromkeys(calls, 0.0)
+        cpus = dict.fromkeys(calls, 0.0)
+        latencies: dict[str, list[float]] = {name: [] for name in calls}
+        for _ in range(ROUNDS):
+            for name, call in calls.items():
+                wall, found, cpu = await drive(call, concurrency, requests // ROUNDS)
+                walls[name] += wall
+                cpus[name] += cpu
+                latencies[name] += found
+        for name in calls:
+            results[name][concurrency] = summary(walls[name], latencies[name], cpus[name])
     await http.aclose()
     await channel.close()
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-model", default="small_cnn")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=500, help="measured per level")
-    parser.add_argument("--saturate", type=int, default=16, help="clients when saturating")
-    parser.add_argument("--starts", type=int, default=3, help="cold starts to time")
-    args = parser.parse_args()
+def served_repository(root: Path, base_model: str, size: int) -> ModelRepository:
+    """A model repository holding one version of a bare export, labelled ``stable``."""
+    export(base_model, size, root / "export")
+    repo = ModelRepository(root / "models")
+    with repo.staging(MODEL) as staging:
+        shutil.copytree(root / "export" / "1", staging, dirs_exist_ok=True)
+        repo.publish(MODEL, staging)
+    repo.update_state(MODEL, lambda state: state.set_label(STABLE, 1))
+    return repo
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            found += _tree(int(child))
+    return found
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """What ``taskset -a -p`` does, for a whole process tree: every thread onto ``cpus``."""
+    for process in _tree(pid):
+        for task in Path(f"/proc/{process}/task").glob("*"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # a thread ended
+                os.sched_setaffinity(int(task.name), cpus)
+
+
+def layouts() -> dict[str, dict[str, set[int]] | None]:
+    """CPU sets per process: shared (no pinning), and separated when there are ≥ 2 CPUs.
+
+    Separated: the model server on its own CPU(s); the API and the client on the others
+    (the client shares the API's CPU on a 2-CPU machine, and gets its own from 3).
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    found: dict[str, dict[str, set[int]] | None] = {"shared": None}
+    if len(cpus) == 2:
+        found["separated"] = {"server": {cpus[1]}, "api": {cpus[0]}, "client": {cpus[0]}}
+    elif len(cpus) > 2:
+        found["separated"] = {"api": {cpus[0]}, "client": {cpus[1]}, "server": set(cpus[2:])}
+    return found
+
+
+def run(base_model: str, size: int, requests: int, saturate: int, starts: int) -> dict:
+    """Cold starts, then both paths in every layout; every number by layout and path."""
+    everything = os.sched_getaffinity(0)
     with tempfile.TemporaryDirectory(prefix="ftserve-bench-api-") as scratch:
         root = Path(scratch)
-        export(args.base_model, args.image_size, root / "models" / MODEL)
-        server = Server(
-            [f"--model_name={MODEL}", f"--model_base_path={root / 'models' / MODEL}"],
-            root / "model-server.log",
-        )
+        repo = served_repository(root, base_model, size)
+        flags = [
+            f"--model_config_file={repo.config_path}",
+            "--allow_version_labels_for_unavailable_models=true",
+        ]
+        server = Server(flags, root / "model-server.log")
         server.wait_available()
         env = {
             **os.environ,
@@ -121,41 +186,104 @@ def main() -> None:
             "FTSERVE_DATA_ROOT": str(root / "data"),
             "FTSERVE_MODEL_REPO": str(root / "models"),
         }
-        starts = []
-        for _ in range(args.starts):
+        api_starts = []
+        for _ in range(starts):
             api, api_port, seconds = start_api(env, root / "api.log")
-            starts.append(seconds)
+            api_starts.append(seconds)
             api.terminate()
             api.wait(60)
-        imports = [import_tensorflow_seconds() for _ in range(args.starts)]
+        imports = [import_tensorflow_seconds() for _ in range(starts)]
         api, api_port, _ = start_api(env, root / "api.log")
+        image = photo_like_jpeg(size)
+        results = {}
         try:
-            image = photo_like_jpeg(args.image_size)
-            results = asyncio.run(
-                compare(server.port, api_port, image, args.requests, args.saturate)
-            )
+            for name, cpus in layouts().items():
+                for process, who in ((server.process.pid, "server"), (api.pid, "api")):
+                    pin(process, cpus[who] if cpus else everything)
+                pin(os.getpid(), cpus["client"] if cpus else everything)
+                results[name] = asyncio.run(
+                    compare(server.port, api_port, image, requests, saturate)
+                )
         finally:
+            pin(os.getpid(), everything)
             api.terminate()
             api.wait(60)
             server.stop()
-    report(args, results, statistics.median(starts), statistics.median(imports))
+    return {
+        "model": f"{base_model} at {size}px, 1 image a request",
+        "requests_per_level": requests,
+        "saturate_clients": saturate,
+        "layouts": {
+            name: {
+                "cpus": {k: sorted(v) for k, v in cpus.items()} if cpus else "all, shared",
+                **{path: _by_level(results[name][path]) for path in ("grpc", "api")},
+            }
+            for name, cpus in layouts().items()
+        },
+        "cold_start_s": {
+            "api_to_healthz": statistics.median(api_starts),
+            "import_tensorflow": statistics.median(imports),
+        },
+    }
 
 
-def report(args, results, api_start: float, tf_import: float) -> None:
+_COLUMNS = ("req_per_s", "p50_ms", "p99_ms", "client_cores")
+
+
+def _by_level(rows: dict[int, tuple[float, ...]]) -> dict[str, dict[str, float]]:
+    return {str(level): dict(zip(_COLUMNS, row, strict=True)) for level, row in rows.items()}
+
+
+def show(found: dict) -> None:
+    """Print a run's numbers, with the ratios side by side."""
+    print(f"model {found['model']}, {os.cpu_count()} CPUs")
+    for name, layout in found["layouts"].items():
+        print(f"layout {name}: {layout['cpus']}")
+        print(f"{'':<22}{'direct gRPC':>12}{'/predict':>10}{'ratio':>8}")
+        for level in layout["grpc"]:
+            direct, api = layout["grpc"][level], layout["api"][level]
+            for column in _COLUMNS[:3]:
+                label = f"{column}, {level} client(s)"
+                ratio = api[column] / direct[column]
+                print(f"{label:<22}{direct[column]:>12.2f}{api[column]:>10.2f}{ratio:>7.2f}x")
+    cold = found["cold_start_s"]
     print(
-        f"model {args.base_model} at {args.image_size}px, 1 image a request, {os.cpu_count()} CPUs"
+        f"cold start: ftserve api {cold['api_to_healthz']:.2f} s to /healthz; import "
+        f"tensorflow alone {cold['import_tensorflow']:.2f} s "
+        f"(ratio {cold['api_to_healthz'] / cold['import_tensorflow']:.2f}x)"
     )
-    print(f"{'':<22}{'direct gRPC':>12}{'/predict':>10}{'ratio':>8}")
-    for concurrency in (1, args.saturate):
-        grpc_row, api_row = results["grpc"][concurrency], results["api"][concurrency]
-        for index, label in enumerate(("req/s", "p50 ms", "p99 ms")):
-            direct, api = grpc_row[index], api_row[index]
-            name = f"{label}, {concurrency} client(s)"
-            print(f"{name:<22}{direct:>12.2f}{api:>10.2f}{api / direct:>7.2f}x")
-    print(
-        f"cold start: ftserve api {api_start:.2f} s to /healthz; import tensorflow alone"
-        f" {tf_import:.2f} s ({tf_import / api_start:.1f}x longer)"
+
+
+def measure(quick: bool) -> Measured:
+    """P3, P4 (goals on the separated layout when there is one) and P8."""
+    saturate = 16
+    found = run("small_cnn", 32, 200 if quick else 500, saturate, 2 if quick else 3)
+    show(found)
+    layouts_found = found["layouts"]
+    name = "separated" if "separated" in layouts_found else "shared"
+    layout = layouts_found[name]
+    one, many = "1", str(saturate)
+    measured = Measured(details={**found, "goal_layout": name})
+    measured.values["p3_predict_p50_ratio"] = (
+        layout["api"][one]["p50_ms"] / layout["grpc"][one]["p50_ms"]
     )
+    measured.values["p4_predict_throughput_ratio"] = (
+        layout["api"][many]["req_per_s"] / layout["grpc"][many]["req_per_s"]
+    )
+    cold = found["cold_start_s"]
+    measured.values["p8_api_cold_start_ratio"] = cold["api_to_healthz"] / cold["import_tensorflow"]
+    return measured
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--base-model", default="small_cnn")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=500, help="measured per level")
+    parser.add_argument("--saturate", type=int, default=16, help="clients when saturating")
+    parser.add_argument("--starts", type=int, default=3, help="cold starts to time")
+    args = parser.parse_args()
+    show(run(args.base_model, args.image_size, args.requests, args.saturate, args.starts))
 
 
 if __name__ == "__main__":

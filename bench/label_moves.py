@@ -34,6 +34,7 @@ import httpx
 
 from bench.export_serving import photo_like_jpeg
 from bench.model_server import MODEL, ROOT, Server, export, free_port
+from bench.report import Measured
 from service.contract.repository import ModelRepository
 
 
@@ -118,21 +119,14 @@ def p50_p99(latencies: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[round(0.99 * (len(ordered) - 1))]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-model", default="small_cnn")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--moves", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--poll", type=int, default=2, help="models.config poll, seconds")
-    args = parser.parse_args()
-
+def run(base_model: str, image_size: int, moves: int, requests: int, poll: int) -> dict:
+    """Move labels and time them, then time /predict without and with moves going on."""
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        repo = repository(root, args.base_model, args.image_size)
+        repo = repository(root, base_model, image_size)
         flags = [
             f"--model_config_file={repo.config_path}",
-            f"--model_config_file_poll_wait_seconds={args.poll}",
+            f"--model_config_file_poll_wait_seconds={poll}",
             "--file_system_poll_wait_seconds=1",
             "--allow_version_labels_for_unavailable_models=true",
         ]
@@ -142,37 +136,68 @@ def main() -> None:
             server.wait_available()
             api, url = start_api(repo, server, root / "api.log")
             with httpx.Client(base_url=url, timeout=600) as http:
-                loaded, unloaded = promote_times(http, args.moves)
-                image = photo_like_jpeg(args.image_size)
+                loaded, unloaded = promote_times(http, moves)
+            image = photo_like_jpeg(image_size)
 
-                def mover(stop: threading.Event) -> None:
-                    with httpx.Client(base_url=url, timeout=600) as moves:
-                        target = 2
-                        while not stop.is_set():
-                            move(moves, target)
-                            target = 1 if target == 2 else 2
+            def mover(stop: threading.Event) -> None:
+                with httpx.Client(base_url=url, timeout=600) as moving:
+                    target = 2
+                    while not stop.is_set():
+                        move(moving, target)
+                        target = 1 if target == 2 else 2
 
-                quiet = predict_latencies(url, image, args.requests)
-                moving = predict_latencies(url, image, args.requests, mover)
+            quiet = predict_latencies(url, image, requests)
+            busy = predict_latencies(url, image, requests, mover)
         finally:
             if api is not None:
                 api.terminate()
                 api.wait(60)
             server.stop()
-
-    moved_fast, moved_slow = statistics.median(loaded), statistics.median(unloaded)
     q50, q99 = p50_p99(quiet)
-    m50, m99 = p50_p99(moving)
-    print(f"label moves ({args.base_model} at {args.image_size} px, config poll {args.poll} s)")
-    print(f"  onto a loaded version      median {moved_fast:6.2f} s")
-    ratio = moved_slow / moved_fast
-    print(f"  onto an unserved version   median {moved_slow:6.2f} s   ({ratio:.2f}x)")
-    print(f"/predict to stable, {args.requests} requests, one client")
-    print(f"  no move                    p50 {q50 * 1e3:6.1f} ms  p99 {q99 * 1e3:6.1f} ms")
+    m50, m99 = p50_p99(busy)
+    return {
+        "model": f"{base_model} at {image_size} px",
+        "config_poll_s": poll,
+        "move_onto_loaded_s": statistics.median(loaded),
+        "move_onto_unserved_s": statistics.median(unloaded),
+        "predict_ms_no_move": {"p50": q50 * 1e3, "p99": q99 * 1e3},
+        "predict_ms_while_moving": {"p50": m50 * 1e3, "p99": m99 * 1e3},
+        "requests": requests,
+        "moves": moves,
+    }
+
+
+def show(found: dict) -> None:
+    """Print a run's numbers, with the ratios side by side."""
+    fast, slow = found["move_onto_loaded_s"], found["move_onto_unserved_s"]
+    quiet, busy = found["predict_ms_no_move"], found["predict_ms_while_moving"]
+    print(f"label moves ({found['model']}, config poll {found['config_poll_s']} s)")
+    print(f"  onto a loaded version      median {fast:6.2f} s")
+    print(f"  onto an unserved version   median {slow:6.2f} s   ({slow / fast:.2f}x)")
+    print(f"/predict to stable, {found['requests']} requests, one client")
+    print(f"  no move                    p50 {quiet['p50']:6.1f} ms  p99 {quiet['p99']:6.1f} ms")
     print(
-        f"  stable moving 1<->2        p50 {m50 * 1e3:6.1f} ms  p99 {m99 * 1e3:6.1f} ms"
-        f"   ({m50 / q50:.2f}x, {m99 / q99:.2f}x)"
+        f"  stable moving 1<->2        p50 {busy['p50']:6.1f} ms  p99 {busy['p99']:6.1f} ms"
+        f"   ({busy['p50'] / quiet['p50']:.2f}x, {busy['p99'] / quiet['p99']:.2f}x)"
     )
+
+
+def measure(quick: bool) -> Measured:
+    """The suite's entry: details only (no measure of the table comes from here)."""
+    found = run("small_cnn", 32, moves=2 if quick else 4, requests=150 if quick else 400, poll=2)
+    show(found)
+    return Measured(details=found)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--base-model", default="small_cnn")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--moves", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--poll", type=int, default=2, help="models.config poll, seconds")
+    args = parser.parse_args()
+    show(run(args.base_model, args.image_size, args.moves, args.requests, args.poll))
 
 
 if __name__ == "__main__":

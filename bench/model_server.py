@@ -3,13 +3,17 @@
 One SavedModel (random weights, 5 classes) and one JPEG; every request is a batch-1
 ``serving_default`` Predict through the official ``tensorflow_serving.apis`` stubs. Two
 servers run at once as subprocesses on free loopback ports, one without and one with
-``--enable_batching``. At each level of client concurrency both get a warmup phase, then
-they take turns, ``--rounds`` rounds of ``--requests / --rounds`` measured requests each, so
-that load drifting on the machine hits both alike (each round ramps up and drains, which
-costs a little throughput). Reported: throughput (requests over the summed wall time of
-the rounds), p50/p99 latency as the client sees it,
-and the batched server's mean batch size over the measured requests, from its Prometheus
-histogram ``:tensorflow:serving:batching:processed_batch_size`` (``_sum`` / ``_count``).
+``--enable_batching``. The batching parameters are the file ``ftserve tune-batching``
+writes when it decides batching pays; when it decides not (or cannot run), the fixed
+``untuned_parameters()`` are used and the tuner's reason is reported. Both servers get the
+tuner's TensorFlow thread setting, so batching is the only difference. At each level of
+client concurrency both get a warmup phase, then they take turns, ``--rounds`` rounds of
+``--requests / --rounds`` measured requests each, so that load drifting on the machine hits
+both alike (each round ramps up and drains, which costs a little throughput). Reported:
+throughput (requests over the summed wall time of the rounds), p50/p99 latency as the
+client sees it, and the batched server's mean batch size over the measured requests, from
+its Prometheus histogram ``:tensorflow:serving:batching:processed_batch_size``
+(``_sum`` / ``_count``).
 
 The client is one grpc.aio channel per server with ``concurrency`` coroutines, each sending
 its next request as soon as the previous one is answered. It is not the bottleneck: the
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import os
 import signal
 import socket
@@ -54,6 +59,7 @@ from tensorflow_serving.apis import (
 )
 
 from bench.export_serving import CLASSES, photo_like_jpeg
+from bench.report import Measured
 from exporter.signatures import save_saved_model
 from service.contract.train_config import TrainConfig
 from service.training.backbones import ResolvedWeights, build_base, get_backbone
@@ -159,7 +165,7 @@ def predict_call(stub, request) -> Callable[[], Awaitable[object]]:
     return lambda: stub.Predict(request, timeout=120)
 
 
-def measure(servers: dict[str, Server], request, levels: list[int], args) -> dict:
+def measure_levels(servers: dict[str, Server], request, levels: list[int], args) -> dict:
     """Per server and level: (req/s, p50 ms, p99 ms, mean batch size, client cores)."""
 
     async def run_levels() -> dict:
@@ -198,74 +204,164 @@ def measure(servers: dict[str, Server], request, levels: list[int], args) -> dic
     return asyncio.run(run_levels())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-model", default="mobilenet_v2")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--requests", type=int, default=1000, help="measured per level")
-    parser.add_argument("--rounds", type=int, default=2, help="turns per server and level")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--batch-timeout-micros", type=int, default=2000)
-    parser.add_argument("--num-batch-threads", type=int, default=len(os.sched_getaffinity(0)))
-    args = parser.parse_args()
-    params = {
-        "max_batch_size": args.max_batch_size,
-        "batch_timeout_micros": args.batch_timeout_micros,
+def untuned_parameters() -> dict[str, int]:
+    """The fixed parameters the benchmark used before a tuner existed."""
+    return {
+        "max_batch_size": 32,
+        "batch_timeout_micros": 2000,
         "max_enqueued_batches": 1000,
-        "num_batch_threads": args.num_batch_threads,
+        "num_batch_threads": len(os.sched_getaffinity(0)),
     }
-    jpeg = photo_like_jpeg(args.image_size)
+
+
+def tune(model_dir: Path, output: Path, log: Path, flags: list[str]) -> dict:
+    """``ftserve tune-batching MODEL_DIR --json``: its JSON document, or why there is none."""
+    command = [sys.executable, "-m", "service.cli", "tune-batching", str(model_dir)]
+    command += ["--output", str(output), "--json", *flags]
+    with open(log, "wb") as err:
+        done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=err)
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+        return {"error": f"tune-batching exited with {done.returncode}: {' '.join(tail)}"}
+    return json.loads(done.stdout)
+
+
+def batching_setup(
+    root: Path, model_dir: Path, clients: int, quick: bool
+) -> tuple[list[str], list[str], dict]:
+    """Flags for both servers and for the batched one, from the tuner when it decides "on".
+
+    Both servers get the tuner's thread setting, so batching is the only difference. No
+    batch can hold more requests than there are clients, so none larger is timed.
+    """
+    flags = [f"--max-batch-size={clients}"] + (["--min-seconds=0.5"] if quick else [])
+    tuned = tune(model_dir, root / "tuned_batching.config", root / "tune.log", flags)
+    common: list[str] = []
+    if "threads" in tuned:
+        common = [f"--{name}={value}" for name, value in tuned["threads"].items()]
+    if tuned.get("decision") == "on" and tuned.get("file"):
+        return common, _batching_flags(Path(tuned["file"])), {"tuned": True, "tuner": tuned}
+    why = tuned.get("error") or f"the tuner decided off: {tuned.get('reason')}"
+    path = root / "batching.config"
+    path.write_text(
+        "".join(f"{name} {{ value: {value} }}\n" for name, value in untuned_parameters().items())
+    )
+    details = {"tuned": False, "untuned_because": why, "tuner": tuned}
+    return common, _batching_flags(path), {**details, "parameters": untuned_parameters()}
+
+
+def _batching_flags(path: Path) -> list[str]:
+    return ["--enable_batching=true", f"--batching_parameters_file={path}"]
+
+
+def run(
+    base_model: str, size: int, levels: list[int], requests: int, rounds: int, quick: bool
+) -> dict:
+    """Export, tune, then measure both servers at every level; numbers by server and level."""
+    jpeg = photo_like_jpeg(size)
     request = predict_pb2.PredictRequest()
     request.model_spec.name, request.model_spec.signature_name = MODEL, "serving_default"
     request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([jpeg], dtype=tf.string))
-
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        export(args.base_model, args.image_size, root / "model")
-        (root / "batching.config").write_text(
-            "".join(f"{name} {{ value: {value} }}\n" for name, value in params.items())
-        )
+        export(base_model, size, root / "model")
+        common, batching, setup = batching_setup(root, root / "model", max(levels), quick)
         (root / "monitoring.config").write_text("prometheus_config { enable: true }\n")
-        common = [f"--model_name={MODEL}", f"--model_base_path={root / 'model'}"]
+        common += [f"--model_name={MODEL}", f"--model_base_path={root / 'model'}"]
         common += [f"--monitoring_config_file={root / 'monitoring.config'}"]
-        batching = [
-            "--enable_batching=true",
-            f"--batching_parameters_file={root / 'batching.config'}",
-        ]
         servers = {}
         try:
             for name, flags in (("off", []), ("on", batching)):
                 servers[name] = Server(common + flags, root / f"server-{name}.log")
             for server in servers.values():
                 server.wait_available()
-            results = measure(servers, request, args.concurrency, args)
+            args = argparse.Namespace(requests=requests, rounds=rounds)
+            results = measure_levels(servers, request, levels, args)
             batches, rows = servers["on"].batches()
         finally:
             for server in servers.values():
                 if server.process.poll() is None:
                     server.stop()
+    return {
+        "model": f"{base_model} at {size}px, {len(CLASSES)} classes",
+        "jpeg_bytes": len(jpeg),
+        "requests_per_level": requests,
+        "rounds": rounds,
+        "load_at_start": load,
+        "batching": setup,
+        "mean_batch_size_all_levels": rows / batches if batches else None,
+        "levels": {
+            str(level): {
+                name: dict(zip(_COLUMNS, results[name][level], strict=True)) for name in results
+            }
+            for level in levels
+        },
+    }
 
+
+_COLUMNS = ("req_per_s", "p50_ms", "p99_ms", "mean_batch", "client_cores")
+
+
+def show(found: dict) -> None:
+    """Print a run's numbers, with the ratios side by side."""
+    setup = found["batching"]
     print(
-        f"model: {args.base_model} at {args.image_size}px, {len(CLASSES)} classes; "
-        f"serving_default, one {len(jpeg):,} B JPEG per request; {args.requests} measured "
-        f"requests per level in {args.rounds} rounds, after max(4 x concurrency, requests/10) "
-        f"warmup; CPUs {len(os.sched_getaffinity(0))}; 1-min load average at start {load:.2f}"
+        f"model: {found['model']}; serving_default, one {found['jpeg_bytes']:,} B JPEG per "
+        f"request; {found['requests_per_level']} measured requests per level in "
+        f"{found['rounds']} rounds; CPUs {len(os.sched_getaffinity(0))}; 1-min load average "
+        f"at start {found['load_at_start']:.2f}"
     )
-    print("batching on: " + ", ".join(f"{k} {v}" for k, v in params.items()))
-    print(
-        f"batched server processed {batches:.0f} batches, {rows:.0f} rows (all levels, warmups "
-        f"included): mean batch size {rows / batches:.2f}; both servers exited 0 on SIGTERM"
-    )
+    if setup["tuned"]:
+        print(f"batching on: the tuner's file ({setup['tuner']['reason']})")
+    else:
+        print(f"batching on: untuned {setup['parameters']} ({setup['untuned_because']})")
     print(
         f"{'conc':>4} | {'req/s off':>10} {'on':>7} {'on/off':>6} | {'p50 ms off':>10} {'on':>7} "
-        f"{'on/off':>6} | {'p99 ms off':>10} {'on':>7} {'on/off':>6} | batch | client cores off/on"
+        f"{'on/off':>6} | {'p99 ms off':>10} {'on':>7} {'on/off':>6} | batch | client cores"
     )
-    for level in args.concurrency:
-        off, on = results["off"][level], results["on"][level]
-        cells = [f"{off[i]:10.1f} {on[i]:7.1f} {on[i] / off[i]:5.2f}x" for i in range(3)]
-        print(f"{level:>4} | " + " | ".join(cells) + f" | {on[3]:5.2f} | {off[4]:.2f}/{on[4]:.2f}")
+    for level, row in found["levels"].items():
+        off, on = row["off"], row["on"]
+        cells = [f"{off[c]:10.1f} {on[c]:7.1f} {on[c] / off[c]:5.2f}x" for c in _COLUMNS[:3]]
+        print(
+            f"{level:>4} | "
+            + " | ".join(cells)
+            + f" | {on['mean_batch']:5.2f} | {off['client_cores']:.2f}/{on['client_cores']:.2f}"
+        )
+
+
+def measure(quick: bool) -> Measured:
+    """P5: MobileNetV2 at 224 px, batching on vs off at 32 clients."""
+    levels = [32] if quick else [1, 8, 32]
+    found = run("mobilenet_v2", 224, levels, 300 if quick else 1000, 2, quick)
+    show(found)
+    at_32 = found["levels"]["32"]
+    off, on = at_32["off"], at_32["on"]
+    measured = Measured(details=found)
+    measured.values["p5_batching_throughput_ratio"] = on["req_per_s"] / off["req_per_s"]
+    measured.values["p5_batching_p99_ratio"] = on["p99_ms"] / off["p99_ms"]
+    return measured
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--base-model", default="mobilenet_v2")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--requests", type=int, default=1000, help="measured per level")
+    parser.add_argument("--rounds", type=int, default=2, help="turns per server and level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--quick", action="store_true", help="a shorter tuning run")
+    args = parser.parse_args()
+    show(
+        run(
+            args.base_model,
+            args.image_size,
+            args.concurrency,
+            args.requests,
+            args.rounds,
+            args.quick,
+        )
+    )
 
 
 if __name__ == "__main__":
