@@ -16,8 +16,13 @@ NOISE = ("cuda", "cudnn", "cufft", "cublas", "tf-trt", "absl::initializelog", "o
 
 
 def python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """``code`` in a fresh interpreter, without any TF_CPP_* variable unless given."""
-    child = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP_")}
+    """``code`` in a fresh interpreter, without TensorFlow's log and oneDNN variables
+    unless given."""
+    child = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TF_CPP_") and k != "TF_ENABLE_ONEDNN_OPTS"
+    }
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=REPO,

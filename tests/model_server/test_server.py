@@ -128,11 +128,20 @@ def test_a_bad_image_in_a_batch_fails_only_its_own_request(
     assert versions == {0: 1, 2: 1, 3: 1}
 
 
+@pytest.fixture
+def own_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ftserve model-server`` sets TF_ENABLE_ONEDNN_OPTS for itself; in this process the
+    setting must end with the test, not reach the processes later tests start."""
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+@pytest.mark.usefixtures("own_environment")
 def test_model_server_without_a_model_is_a_usage_error(capsys: pytest.CaptureFixture[str]):
     assert main(["model-server", "--port=0"]) == 2
     assert "--model_config_file" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("own_environment")
 def test_model_server_with_an_unreadable_config_file_exits_2(tmp_path: Path, caplog):
     config = tmp_path / "models.config"
     config.write_text("model_config_list { config { name: 'x' base_path: '/x' unknown: 1 } }")
