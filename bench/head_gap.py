@@ -17,11 +17,11 @@ worse; the reported value is the larger of the two tasks' gaps.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench import quick_main
 from bench.pretrain_base import digits_base, pretrained_base
 from bench.report import Measured
 
@@ -110,9 +110,7 @@ def measure(quick: bool) -> Measured:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer images and epochs")
-    measure(parser.parse_args().quick)
+    quick_main(__doc__, measure)
 
 
 if __name__ == "__main__":

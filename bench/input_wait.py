@@ -24,13 +24,13 @@ The reported value is the larger of the two phases' shares.
 
 from __future__ import annotations
 
-import argparse
 import math
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench import quick_main
 from bench.pretrain_base import pretrained_base
 from bench.report import Measured
 from bench.synthetic import TRANSFER_SHAPES, make_dataset
@@ -208,9 +208,7 @@ def _mean(epochs: list[dict[str, float]], key: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer images and epochs")
-    measure(parser.parse_args().quick)
+    quick_main(__doc__, measure)
 
 
 if __name__ == "__main__":

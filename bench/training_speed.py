@@ -19,12 +19,12 @@ accuracies, minus ``MARGIN``.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench import quick_main
 from bench.pretrain_base import pretrained_base
 from bench.report import Measured
 from bench.synthetic import TRANSFER_SHAPES, make_dataset
@@ -189,9 +189,7 @@ def _print(measured: Measured) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer images and epochs")
-    measure(parser.parse_args().quick)
+    quick_main(__doc__, measure)
 
 
 if __name__ == "__main__":
