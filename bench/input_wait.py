@@ -13,9 +13,9 @@ eager iterator's own ~0.3 ms a call to the input, which ``fit`` does not pay.)
 
 - phase 1: the head on cached base features (``array_dataset``); a round is
   ``PHASE1_PASSES`` passes over the features, since one pass lasts milliseconds;
-- phase 2: the model with the top of the base unfrozen, on decoded images
-  (``image_dataset``); a round is an epoch: the first decodes and fills the cache, later
-  ones read it.
+- phase 2: the model with the top of the base unfrozen, on decoded images; a round is an
+  epoch. As in the trainer, its batches come from the decoded examples the feature pass
+  read (``decoded_dataset``): the feature pass filled their cache, so no epoch decodes.
 
 The reported value is the larger of the two phases' shares.
 
@@ -144,10 +144,11 @@ def _setup(data: Path, weights_dir: Path, weights: str, work_dir: Path) -> dict[
 def _phase1(s: dict[str, Any], rounds: int) -> list[dict[str, float]]:
     import numpy as np
 
-    from service.training.pipeline import array_dataset, feature_store, image_dataset
+    from service.training.pipeline import array_dataset, batched, decoded_dataset, feature_store
 
     clf, options = s["classifier"], s["options"]
-    images = image_dataset(s["paths"], s["labels"], None, options, training=False, name="f")
+    s["decoded"] = decoded_dataset(s["paths"], s["labels"], None, options, name="train")
+    images = batched(s["decoded"], options, training=False)
     store = feature_store(len(s["paths"]), tuple(clf.features.output.shape[1:]), options)
     offset = 0
     for batch in images:  # the feature pass, as the trainer runs it
@@ -162,12 +163,12 @@ def _phase1(s: dict[str, Any], rounds: int) -> list[dict[str, float]]:
 
 def _phase2(s: dict[str, Any], epochs: int) -> list[dict[str, float]]:
     from service.training.model import unfreeze_from
-    from service.training.pipeline import image_dataset
+    from service.training.pipeline import batched
 
     clf, options = s["classifier"], s["options"]
     unfreeze_from(clf.base, max(0, len(clf.base.layers) - FINE_TUNE_LAYERS))
     _compile(clf.model, s["config"].fine_tune_learning_rate)
-    dataset = image_dataset(s["paths"], s["labels"], None, options, training=True, name="train")
+    dataset = batched(s["decoded"], options, training=True)  # filled by the feature pass
     steps = math.ceil(len(s["paths"]) / options.batch_size)
     return timed_rounds(clf.model, dataset, epochs, steps)
 

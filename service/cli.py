@@ -13,7 +13,11 @@ from service.errors import FtserveError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Only the chosen command's arguments are built: the client commands' modules stay
+    # unimported when `ftserve api` starts.
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser = _parser(chosen)
     args = parser.parse_args(argv)
     try:
         code = int(args.handler(args) or 0)
@@ -34,16 +38,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with ``chosen``, only that command's arguments are added."""
     parser = argparse.ArgumentParser(prog="ftserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train(commands.add_parser("train", help="fine-tune a model on a local dataset"))
-    _add_model_server(
-        commands.add_parser(
-            "model-server",
-            help="serve a model repository over gRPC and REST like TensorFlow Serving",
-        )
+    model_server = commands.add_parser(
+        "model-server", help="serve a model repository over gRPC and REST like TensorFlow Serving"
     )
+    if chosen in (None, "model-server"):
+        _add_model_server(model_server)
     serve = commands.add_parser(
         "serve", help="run the model server, a worker and the API on this machine"
     )
@@ -79,34 +83,38 @@ def _parser() -> argparse.ArgumentParser:
             " batching parameters (or decide batching should stay off).",
         )
     )
-    _add_clients(commands)
+    _add_clients(commands, chosen)
     return parser
 
 
-def _add_clients(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_clients(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], chosen: str | None
+) -> None:
     """The commands that talk to a running ftserve (its API, or the model server)."""
-    from service.client.jobs import add_jobs
-    from service.client.models import add_models
-    from service.client.predict import add_predict
+    jobs = commands.add_parser(
+        "jobs",
+        help="submit datasets to fine-tune on; watch, list, show and cancel jobs",
+        description="Fine-tuning jobs through the API: submit | watch | list | show | cancel."
+        " Each action has its own --help.",
+    )
+    models = commands.add_parser(
+        "models", help="list, show, label, roll back and delete models through the API"
+    )
+    predict = commands.add_parser(
+        "predict", help="classify image files, through the API or the model server (gRPC)"
+    )
+    if chosen in (None, "jobs"):
+        from service.client.jobs import add_jobs
 
-    add_jobs(
-        commands.add_parser(
-            "jobs",
-            help="submit datasets to fine-tune on; watch, list, show and cancel jobs",
-            description="Fine-tuning jobs through the API: submit | watch | list | show | cancel."
-            " Each action has its own --help.",
-        )
-    )
-    add_models(
-        commands.add_parser(
-            "models", help="list, show, label, roll back and delete models through the API"
-        )
-    )
-    add_predict(
-        commands.add_parser(
-            "predict", help="classify image files, through the API or the model server (gRPC)"
-        )
-    )
+        add_jobs(jobs)
+    if chosen in (None, "models"):
+        from service.client.models import add_models
+
+        add_models(models)
+    if chosen in (None, "predict"):
+        from service.client.predict import add_predict
+
+        add_predict(predict)
 
 
 def _add_train(train: argparse.ArgumentParser) -> None:

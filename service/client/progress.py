@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from service.client.common import number
 from service.client.follow import FINAL_STATES, Update
 
-PHASES = {"fine_tune": "fine-tune"}  # the other phases read well as they are
+PHASES = {"fine_tune": "fine-tune", "head_search": "head search"}  # the rest read well
 _NOT_METRICS = ("phase", "epoch", "epochs")
 # Training's own before validation's, loss before accuracy; other metrics after, as given.
 _FIRST_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")

@@ -83,11 +83,10 @@ class TrainConfig(BaseModel):
     early_stopping_patience: int = Field(default=3, ge=0)
 
     # The head: "auto" pooling and null dense_units are chosen on validation, on the cached
-    # features (each of avg/flatten, with and without one hidden layer); set both to fix it.
-    # Opt-in for now: the search becomes the default once its cost is measured on a
-    # real-sized base.
-    pooling: Literal["auto", "avg", "flatten"] = "avg"
-    dense_units: tuple[Annotated[int, Field(ge=1)], ...] | None = ()
+    # features (each of avg/flatten, with and without one hidden layer); set both to fix it
+    # (e.g. "avg" and [] for the plain linear head).
+    pooling: Literal["auto", "avg", "flatten"] = "auto"
+    dense_units: tuple[Annotated[int, Field(ge=1)], ...] | None = None
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
     augmentation: AugmentationConfig | None = None
     # Compute the frozen base's features once and train the head on them (phase 1, no

@@ -24,7 +24,7 @@ from service.errors import TrainingCancelledError
 
 @dataclass(frozen=True)
 class Progress:
-    phase: str  # "features", "head", "fine_tune" or "evaluate"
+    phase: str  # "features", "head_search", "head", "fine_tune" or "evaluate"
     epoch: int  # 1-based within the phase
     epochs: int
     step: int
@@ -42,11 +42,20 @@ class ProgressCallback(keras.callbacks.Callback):
     """Reports phase/epoch/step and an ETA, at most every ``interval`` seconds mid-epoch."""
 
     def __init__(
-        self, report: ProgressFn, phase: str, epochs: int, steps: int, interval: float = 0.5
+        self,
+        report: ProgressFn,
+        phase: str,
+        epochs: int,
+        steps: int,
+        interval: float = 0.5,
+        epoch_ends: bool = True,
     ) -> None:
         super().__init__()
         self.report, self.phase, self.epochs, self.steps = report, phase, epochs, steps
         self.interval = interval
+        # False for work whose epochs are not the model's training history (the head
+        # search): each epoch's end is then reported as an ordinary update.
+        self.epoch_ends = epoch_ends
         self._started = 0.0
         self._last = 0.0
         self._steps_done = 0
@@ -66,7 +75,7 @@ class ProgressCallback(keras.callbacks.Callback):
             self.report(self._progress(batch + 1, logs))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.report(self._progress(self.steps, logs, epoch_end=True))
+        self.report(self._progress(self.steps, logs, epoch_end=self.epoch_ends))
 
     def _progress(self, step: int, logs: dict | None, epoch_end: bool = False) -> Progress:
         elapsed = time.monotonic() - self._started

@@ -43,6 +43,23 @@ def image_dataset(
     name: str,
 ) -> tf.data.Dataset:
     """Batches of (images, one-hot labels[, sample weights]) decoded from files."""
+    decoded = decoded_dataset(paths, labels, weights, options, name=name)
+    return batched(decoded, options, training=training)
+
+
+def decoded_dataset(
+    paths: list[str],
+    labels: np.ndarray,
+    weights: np.ndarray | None,
+    options: PipelineOptions,
+    *,
+    name: str,
+) -> tf.data.Dataset:
+    """Single decoded examples, cached once decoded.
+
+    Every dataset built on this one shares its cache: the feature pass (in order) and the
+    fine-tuning epochs (shuffled) decode each file once between them.
+    """
     columns = _columns(paths, labels, weights, options.num_classes)
     size = options.image_size
 
@@ -51,9 +68,15 @@ def image_dataset(
 
     dataset = tf.data.Dataset.from_tensor_slices(columns)
     dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
-    dataset = _cache(dataset, len(paths) * size * size * 3 * 4, options, name)
+    return _cache(dataset, len(paths) * size * size * 3 * 4, options, name)
+
+
+def batched(decoded: tf.data.Dataset, options: PipelineOptions, *, training: bool):
+    """``decoded_dataset``'s examples in batches; shuffled each epoch when ``training``."""
+    dataset = decoded
     if training:
-        buffer = min(len(paths), _SHUFFLE_IMAGES)
+        count = int(dataset.cardinality())  # known: one example a file
+        buffer = min(count, _SHUFFLE_IMAGES) if count > 0 else _SHUFFLE_IMAGES
         dataset = dataset.shuffle(buffer, seed=options.seed, reshuffle_each_iteration=True)
     return dataset.batch(options.batch_size).prefetch(AUTOTUNE)
 

@@ -11,6 +11,7 @@ replaces the phase-1 weights when it improves the validation loss.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from service.config import Settings
 from service.contract.train_config import TrainConfig
@@ -51,11 +53,15 @@ from service.training.model import (
 from service.training.pipeline import (
     PipelineOptions,
     array_dataset,
+    batched,
+    decoded_dataset,
     feature_store,
-    image_dataset,
 )
 from service.training.runtime import Runtime, dtype_policy, resolve_runtime
 
+# Images a feature-pass batch holds at least: inference keeps no activations for a
+# backward pass, and on a CPU 64 images a call ran about 1.3x faster than 32 (MobileNetV2).
+FEATURE_BATCH = 64
 PHASE1_WEIGHTS = "phase1-weights.npz"
 PHASE1_STATE = "phase1.json"
 PHASE2_BEST = "phase2-best.npz"
@@ -294,33 +300,31 @@ class _Data:
             cache_dir=work_dir / "cache",
         )
         self.steps = math.ceil(len(train_idx) / config.batch_size)
-        self._images: dict[str, object] = {}
+        self._decoded: dict[str, object] = {}
         self.features: dict[str, np.ndarray] = {}
 
-    def images(self, split: str):
-        if split not in self._images:
+    def _examples(self, split: str):
+        """The split's decoded examples; one cache, shared by every pass over them."""
+        if split not in self._decoded:
             train = split == "train"
-            self._images[split] = image_dataset(
+            self._decoded[split] = decoded_dataset(
                 self.train_paths if train else self.val_paths,
                 self.train_labels if train else self.val_labels,
                 self.train_weights if train else None,
                 self.options,
-                training=train,
                 name=split,
             )
-        return self._images[split]
+        return self._decoded[split]
 
-    def unshuffled_images(self, split: str):
-        if split == "validation":  # never shuffled anyway: share its decoded cache
-            return self.images(split)
-        return image_dataset(
-            self.train_paths,
-            self.train_labels,
-            None,
-            self.options,
-            training=False,
-            name="train-features",
-        )
+    def images(self, split: str):
+        return batched(self._examples(split), self.options, training=split == "train")
+
+    def unshuffled_images(self, split: str, batch_size: int | None = None):
+        """In file order: the feature pass, which fills the cache the epochs after it read."""
+        options = self.options
+        if batch_size is not None:
+            options = dataclasses.replace(options, batch_size=batch_size)
+        return batched(self._examples(split), options, training=False)
 
 
 def _sample_weights(labels: np.ndarray, num_classes: int, config: TrainConfig):
@@ -346,7 +350,7 @@ def _choose_head(
         jit_compile=run.rt.jit_compile,
         scope=run.scope,
         # Not checkpointed: a crash before the choice is saved redoes the (seeded) search.
-        callbacks=run.cancel_callbacks(),
+        callbacks=[*_search_progress(run, data), *run.cancel_callbacks()],
     )
     with run.timed("head_search"):
         choice, weights = heads.search_heads(candidates, train, val, setup)
@@ -355,6 +359,16 @@ def _choose_head(
         for split, maps in (("train", train.maps), ("validation", val.maps)):
             data.features[split] = heads.pool_features(maps, choice.spec.pooling)
     return choice, weights
+
+
+def _search_progress(run: _Run, data: _Data) -> list[keras.callbacks.Callback]:
+    if not run.hooks.progress:
+        return []
+    # The search's epochs show as progress, not as epochs of the model's history.
+    report = ProgressCallback(
+        run.hooks.progress, "head_search", heads.SEARCH_EPOCHS, data.steps, epoch_ends=False
+    )
+    return [report]
 
 
 def _cached_maps(
@@ -434,14 +448,18 @@ def _extract_features(run: _Run, model: keras.Model, data: _Data, split: str) ->
     """``model``'s outputs for every image of ``split``, in order, in one pass."""
     rows = len(data.train_paths if split == "train" else data.val_paths)
     store = feature_store(rows, tuple(model.output.shape[1:]), data.options)
-    batches = data.unshuffled_images(split)
-    total = math.ceil(rows / data.options.batch_size)
+    size = max(data.options.batch_size, FEATURE_BATCH)
+    batches = data.unshuffled_images(split, size)
+    total = math.ceil(rows / size)
     offset = 0
     for step, batch in enumerate(batches, start=1):
         images = batch[0]
-        out = np.asarray(model.predict_on_batch(images), dtype=np.float32)
-        store[offset : offset + len(out)] = out
-        offset += len(out)
+        count = int(images.shape[0])
+        if count < size:  # the last batch, padded: one traced shape for every batch
+            images = tf.pad(images, [[0, size - count], [0, 0], [0, 0], [0, 0]])
+        out = np.asarray(model.predict_on_batch(images), dtype=np.float32)[:count]
+        store[offset : offset + count] = out
+        offset += count
         if run.hooks.should_cancel and run.hooks.should_cancel():
             raise TrainingCancelledError("training was cancelled")
         if run.hooks.progress:

@@ -240,9 +240,10 @@ def test_an_interrupted_job_is_resumed_by_another_worker_and_published_once(
 ):
     if source == "upload":  # an archive the API kept in the uploads folder
         dataset = upload(settings, dataset, "job")
-    config = {**CONFIG, "fine_tune_epochs": 12}
+    # Every planned epoch runs (no early stopping): the history below lists them all.
+    config = {**CONFIG, "fine_tune_epochs": 12, "early_stopping_patience": 1000}
     if phase == "head":
-        config.update(epochs=60, early_stopping_patience=1000)
+        config.update(epochs=60)
     job = store.enqueue("shapes", config, str(dataset))
     first_log = tmp_path / "first.log"
     first = worker_process(settings, "first", first_log)

@@ -50,6 +50,9 @@ export function plannedPhases(config = {}) {
   return phases;
 }
 
+// Work before the planned phases: the feature pass and the head search on its cache.
+const BEFORE_PHASES = new Set(["features", "head_search"]);
+
 /**
  * How far a job is, 0 to 1, over all the epochs of its phases.
  *
@@ -61,7 +64,7 @@ export function jobFraction(status, progress, config) {
   if (!progress || !progress.phase || status === "queued") return 0;
   const phases = plannedPhases(config);
   const index = phases.findIndex((p) => p.phase === progress.phase);
-  if (index < 0) return progress.phase === "features" ? 0 : 0.99;
+  if (index < 0) return BEFORE_PHASES.has(progress.phase) ? 0 : 0.99;
   const total = phases.reduce((sum, p) => sum + p.epochs, 0);
   const before = phases.slice(0, index).reduce((sum, p) => sum + p.epochs, 0);
   const planned = phases[index].epochs;
@@ -75,6 +78,7 @@ export function jobFraction(status, progress, config) {
 export function phaseName(phase) {
   const names = {
     features: "computing features",
+    head_search: "choosing the head",
     head: "phase 1: head",
     fine_tune: "phase 2: fine-tune",
     evaluate: "evaluating",
