@@ -11,9 +11,7 @@ replaces the phase-1 weights when it improves the validation loss.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,24 +20,21 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from service.config import Settings
 from service.contract.train_config import TrainConfig
-from service.errors import DatasetError, TrainingCancelledError
+from service.errors import DatasetError
 from service.training import heads
 from service.training.backbones import ResolvedWeights, build_base, get_backbone, resolve_weights
 from service.training.callbacks import (
     CancelCallback,
-    CancelFn,
     EpochBackup,
     HistoryCallback,
     KeepBest,
-    Progress,
     ProgressCallback,
-    ProgressFn,
     load_history,
 )
+from service.training.data import Hooks, RunData, extract_features
 from service.training.dataset import DatasetIndex, open_dataset, stratified_split
 from service.training.evaluation import evaluate
 from service.training.mistakes import Mistake, find_mistakes
@@ -51,29 +46,14 @@ from service.training.model import (
     unfreeze_from,
 )
 from service.training.pipeline import (
-    PipelineOptions,
     array_dataset,
-    batched,
-    decoded_dataset,
-    feature_store,
 )
 from service.training.runtime import Runtime, dtype_policy, resolve_runtime
 
-# Images a feature-pass batch holds at least: inference keeps no activations for a
-# backward pass, and on a CPU 64 images a call ran about 1.3x faster than 32 (MobileNetV2).
-FEATURE_BATCH = 64
 PHASE1_WEIGHTS = "phase1-weights.npz"
 PHASE1_STATE = "phase1.json"
 PHASE2_BEST = "phase2-best.npz"
 HISTORY = "history.json"
-
-
-@dataclass
-class Hooks:
-    """How a caller watches and steers a run; both optional."""
-
-    progress: ProgressFn | None = None
-    should_cancel: CancelFn | None = None
 
 
 @dataclass(kw_only=True)
@@ -235,7 +215,7 @@ def train(
         base = build_base(backbone, image_size, weights)
     start = fine_tune_start(base, config) if config.fine_tunes else None
 
-    data = _Data(index, train_idx, val_idx, config, image_size, work_dir, settings, rt)
+    data = RunData(index, train_idx, val_idx, config, image_size, work_dir, settings)
     fast = config.feature_cache and config.augmentation is None
     choice, head_weights = _choose_head(run, base, data, fast)
     # Seeded again: phase 1 starts alike whether this attempt searched or read the choice.
@@ -272,71 +252,8 @@ def train(
     )
 
 
-class _Data:
-    """The run's datasets, built lazily: the fast path never decodes an image twice."""
-
-    def __init__(
-        self,
-        index: DatasetIndex,
-        train_idx: np.ndarray,
-        val_idx: np.ndarray,
-        config: TrainConfig,
-        image_size: int,
-        work_dir: Path,
-        settings: Settings,
-        rt: Runtime,
-    ) -> None:
-        labels = np.asarray(index.labels)
-        paths = np.asarray([str(p) for p in index.paths])
-        self.train_paths, self.val_paths = paths[train_idx].tolist(), paths[val_idx].tolist()
-        self.train_labels, self.val_labels = labels[train_idx], labels[val_idx]
-        self.train_weights = _sample_weights(self.train_labels, len(index.classes), config)
-        self.options = PipelineOptions(
-            image_size=image_size,
-            batch_size=config.batch_size,
-            num_classes=len(index.classes),
-            seed=config.seed,
-            cache_memory_bytes=settings.cache_memory_bytes,
-            cache_dir=work_dir / "cache",
-        )
-        self.steps = math.ceil(len(train_idx) / config.batch_size)
-        self._decoded: dict[str, object] = {}
-        self.features: dict[str, np.ndarray] = {}
-
-    def _examples(self, split: str):
-        """The split's decoded examples; one cache, shared by every pass over them."""
-        if split not in self._decoded:
-            train = split == "train"
-            self._decoded[split] = decoded_dataset(
-                self.train_paths if train else self.val_paths,
-                self.train_labels if train else self.val_labels,
-                self.train_weights if train else None,
-                self.options,
-                name=split,
-            )
-        return self._decoded[split]
-
-    def images(self, split: str):
-        return batched(self._examples(split), self.options, training=split == "train")
-
-    def unshuffled_images(self, split: str, batch_size: int | None = None):
-        """In file order: the feature pass, which fills the cache the epochs after it read."""
-        options = self.options
-        if batch_size is not None:
-            options = dataclasses.replace(options, batch_size=batch_size)
-        return batched(self._examples(split), options, training=False)
-
-
-def _sample_weights(labels: np.ndarray, num_classes: int, config: TrainConfig):
-    if config.class_weight == "none":
-        return None
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float32)
-    per_class = len(labels) / (num_classes * np.maximum(counts, 1.0))
-    return per_class[labels].astype(np.float32)
-
-
 def _choose_head(
-    run: _Run, base: keras.Model, data: _Data, fast: bool
+    run: _Run, base: keras.Model, data: RunData, fast: bool
 ) -> tuple[heads.HeadChoice, list[np.ndarray] | None]:
     """The head to build and, when it was searched for, the winner's trained weights."""
     known = heads.known_choice(run.config, run.work_dir)
@@ -361,7 +278,7 @@ def _choose_head(
     return choice, weights
 
 
-def _search_progress(run: _Run, data: _Data) -> list[keras.callbacks.Callback]:
+def _search_progress(run: _Run, data: RunData) -> list[keras.callbacks.Callback]:
     if not run.hooks.progress:
         return []
     # The search's epochs show as progress, not as epochs of the model's history.
@@ -372,21 +289,21 @@ def _search_progress(run: _Run, data: _Data) -> list[keras.callbacks.Callback]:
 
 
 def _cached_maps(
-    run: _Run, base: keras.Model, data: _Data, keep_maps: bool
+    run: _Run, base: keras.Model, data: RunData, keep_maps: bool
 ) -> tuple[heads.FeatureSplit, heads.FeatureSplit]:
     """The base's feature maps (or their averages) of both splits, one pass over the images."""
     backbone = get_backbone(run.config.base_model)
     with run.scope():
         extractor = build_extractor(backbone, base, data.options.image_size, keep_maps)
     with run.timed("features"):
-        train_maps = _extract_features(run, extractor, data, "train")
-        val_maps = _extract_features(run, extractor, data, "validation")
+        train_maps = extract_features(extractor, data, "train", run.hooks)
+        val_maps = extract_features(extractor, data, "validation", run.hooks)
     train = heads.FeatureSplit(train_maps, data.train_labels, data.train_weights)
     return train, heads.FeatureSplit(val_maps, data.val_labels)
 
 
 def _phase1(
-    run: _Run, clf: Classifier, data: _Data, fast: bool, start_loss: float | None = None
+    run: _Run, clf: Classifier, data: RunData, fast: bool, start_loss: float | None = None
 ) -> float:
     config, state = run.config, run.work_dir / PHASE1_STATE
     if state.is_file():  # resuming a job whose head was already trained
@@ -429,7 +346,7 @@ def load_weight_arrays(path: Path) -> list[np.ndarray]:
         return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
-def _feature_datasets(run: _Run, clf: Classifier, data: _Data):
+def _feature_datasets(run: _Run, clf: Classifier, data: RunData):
     splits = {}
     for split, labels, weights, training in (
         ("train", data.train_labels, data.train_weights, True),
@@ -437,37 +354,14 @@ def _feature_datasets(run: _Run, clf: Classifier, data: _Data):
     ):
         if split not in data.features:  # the head search may have left them pooled already
             with run.timed("features"):
-                data.features[split] = _extract_features(run, clf.features, data, split)
+                data.features[split] = extract_features(clf.features, data, split, run.hooks)
         splits[split] = array_dataset(
             data.features[split], labels, weights, data.options, training=training
         )
     return splits["train"], splits["validation"]
 
 
-def _extract_features(run: _Run, model: keras.Model, data: _Data, split: str) -> np.ndarray:
-    """``model``'s outputs for every image of ``split``, in order, in one pass."""
-    rows = len(data.train_paths if split == "train" else data.val_paths)
-    store = feature_store(rows, tuple(model.output.shape[1:]), data.options)
-    size = max(data.options.batch_size, FEATURE_BATCH)
-    batches = data.unshuffled_images(split, size)
-    total = math.ceil(rows / size)
-    offset = 0
-    for step, batch in enumerate(batches, start=1):
-        images = batch[0]
-        count = int(images.shape[0])
-        if count < size:  # the last batch, padded: one traced shape for every batch
-            images = tf.pad(images, [[0, size - count], [0, 0], [0, 0], [0, 0]])
-        out = np.asarray(model.predict_on_batch(images), dtype=np.float32)[:count]
-        store[offset : offset + count] = out
-        offset += count
-        if run.hooks.should_cancel and run.hooks.should_cancel():
-            raise TrainingCancelledError("training was cancelled")
-        if run.hooks.progress:
-            run.hooks.progress(Progress("features", 1, 1, step, total))
-    return store
-
-
-def _phase2(run: _Run, clf: Classifier, data: _Data, start: int, phase1_loss: float) -> dict:
+def _phase2(run: _Run, clf: Classifier, data: RunData, start: int, phase1_loss: float) -> dict:
     config = run.config
     unfrozen = unfreeze_from(clf.base, start)
     # Changing `trainable` only takes effect after compiling again.
@@ -493,7 +387,7 @@ def _phase2(run: _Run, clf: Classifier, data: _Data, start: int, phase1_loss: fl
     }
 
 
-def _predict_validation(clf: Classifier, data: _Data, from_features: bool) -> np.ndarray:
+def _predict_validation(clf: Classifier, data: RunData, from_features: bool) -> np.ndarray:
     if from_features and "validation" in data.features:
         features = data.features["validation"]
         return np.asarray(clf.head.predict(features, batch_size=data.options.batch_size, verbose=0))

@@ -8,11 +8,11 @@ import tensorflow as tf
 from service.contract.train_config import AugmentationConfig, TrainConfig
 from service.errors import InvalidConfigError, TrainingCancelledError, WeightsUnavailableError
 from service.training.callbacks import KeepBest
+from service.training.data import sample_weights
 from service.training.runtime import Runtime
 from service.training.trainer import (
     PHASE1_WEIGHTS,
     Hooks,
-    _sample_weights,
     load_weight_arrays,
     train,
 )
@@ -295,11 +295,11 @@ def test_evaluation_covers_every_validation_image(shapes_dir, tmp_path, settings
 def test_balanced_class_weights_even_out_the_classes():
     labels = np.array([0] * 8 + [1] * 2)
 
-    weights = _sample_weights(labels, 2, _config(class_weight="balanced"))
+    weights = sample_weights(labels, 2, _config(class_weight="balanced"))
 
     np.testing.assert_allclose(weights[:8], 0.625)
     np.testing.assert_allclose(weights[8:], 2.5)
-    assert _sample_weights(labels, 2, _config()) is None
+    assert sample_weights(labels, 2, _config()) is None
 
 
 def test_keep_best_restores_the_baseline_when_no_epoch_beats_it():
