@@ -5,23 +5,35 @@ TF Serving pod. Here two ``ftserve model-server`` processes serve the same model
 target lists both addresses (``ipv4:127.0.0.1:P1,127.0.0.1:P2``), which gRPC treats the same
 way. Each server's Prometheus request counter says how many predictions it answered; with
 gRPC's default policy (pick_first) the first server would answer them all.
+
+Since predictions take turns, a label move is done only once every server has applied it:
+the second server reads ``models.config`` far less often than the first, and a move must
+wait for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from service.api.app import create_app
+from service.contract.lifecycle import Lifecycle
+from service.contract.repository import ModelRepository
+from service.contract.serving_state import STABLE
+from service.model_client import PredictClient
 from tests.api.conftest import TestClient, make_settings
 from tests.support.servers import FTSERVE, MODEL, ServerProcess, add_version, labelled_flags
 from tests.support.trained import Template
 
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+# How often the second server reads models.config (the first: every second).
+SLOW_POLL_SECONDS = 5
 REQUESTS = 40
 _ANSWERED = re.compile(
     r'^:tensorflow:serving:request_count\{API="predict",model_name="(?P<model>[^"]*)",'
@@ -40,8 +52,14 @@ def two_servers(
     add_version(repo, template.version_dir, label="stable")
     monitoring = root / "monitoring.config"
     monitoring.write_text(f'prometheus_config {{ enable: true path: "{PROMETHEUS_PATH}" }}')
-    flags = [*labelled_flags(repo), f"--monitoring_config_file={monitoring}"]
-    servers = [ServerProcess(FTSERVE, flags, root / f"server-{i}.log") for i in range(2)]
+    servers = [
+        ServerProcess(
+            FTSERVE,
+            [*labelled_flags(repo, poll), f"--monitoring_config_file={monitoring}"],
+            root / f"server-{i}.log",
+        )
+        for i, poll in enumerate((1, SLOW_POLL_SECONDS))
+    ]
     try:
         for server in servers:
             server.wait_for_version(1)
@@ -73,3 +91,29 @@ def test_predictions_take_turns_over_every_model_server(
     assert sum(answered) == REQUESTS
     # Turns start once both connections are up: the first call or two may find only one.
     assert min(answered) >= REQUESTS // 4, answered
+
+
+def test_a_label_move_waits_for_every_model_server(
+    two_servers: tuple[list[ServerProcess], Path], template: Template
+):
+    servers, repo = two_servers
+    repository = ModelRepository(repo)
+    version = add_version(repo, template.version_dir, model="spread")
+    target = "ipv4:" + ",".join(f"127.0.0.1:{server.port}" for server in servers)
+
+    async def move() -> None:
+        client = PredictClient(target, 10)
+        try:
+            assert len(await client.each_server()) == 2
+            lifecycle = Lifecycle(repository, client, timeout=60, poll_seconds=0.1)
+            await lifecycle.set_label("spread", STABLE, version)
+        finally:
+            await client.close()
+
+    started = time.monotonic()
+    asyncio.run(move())
+    # Asked just now, each server resolves the label to the new version: the move waited
+    # for the slow one too, not only for whichever the shared channel reached first.
+    for server in servers:
+        assert server.label_version("spread", STABLE) == version
+    assert time.monotonic() - started < 60

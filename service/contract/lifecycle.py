@@ -56,6 +56,10 @@ class StatusSource(Protocol):
         """The version ``label`` resolves to on the model server right now."""
         ...
 
+    async def each_server(self) -> Sequence[StatusSource]:
+        """One source per model server behind this one (itself, when there is one)."""
+        ...
+
 
 class Lifecycle:
     """Moves labels and deletes versions of models in ``repository``.
@@ -206,8 +210,8 @@ class Lifecycle:
         if self.status is None:
             return
 
-        async def loaded() -> bool:
-            _, status = await self._version_status(model, version)
+        async def loaded(server: StatusSource) -> bool:
+            _, status = await self._version_status(server, model, version)
             if status is not None and status.state == END and status.error_code:
                 raise VersionFailedError(
                     f"The model server could not load version {version} of model {model!r}:"
@@ -216,23 +220,22 @@ class Lifecycle:
             return status is not None and status.state == AVAILABLE
 
         late = f"Version {version} of model {model!r} did not load within {self.timeout:g} s;"
-        await self._poll(loaded, late + " the label was not moved")
+        await self._poll(self._on_every_server(loaded), late + " the label was not moved")
 
     async def _wait_label(self, model: str, label: str, version: int) -> None:
         """Until the model server resolves ``label`` to ``version``: it reads models.config
         by polling, and a move is only done when requests for the label reach the version."""
         if self.status is None:
             return
-        status = self.status
 
-        async def applied() -> bool:
+        async def applied(server: StatusSource) -> bool:
             try:
-                return await status.label_version(model, label, timeout=5.0) == version
+                return await server.label_version(model, label, timeout=5.0) == version
             except (ModelNotFoundError, ModelServerUnavailableError, ModelServerTimeoutError):
                 return False  # not applied yet, or the server is busy: ask again
 
         await self._poll(
-            applied,
+            self._on_every_server(applied),
             f"Label {label!r} of model {model!r} points at version {version} in models.config,"
             f" but the model server did not apply it within {self.timeout:g} s",
         )
@@ -241,23 +244,40 @@ class Lifecycle:
         if self.status is None:
             return
 
-        async def unloaded() -> bool:
-            reachable, status = await self._version_status(model, version)
+        async def unloaded(server: StatusSource) -> bool:
+            reachable, status = await self._version_status(server, model, version)
             return reachable and (status is None or status.state == END)
 
         await self._poll(
-            unloaded,
+            self._on_every_server(unloaded),
             f"Version {version} of model {model!r} was not unloaded within {self.timeout:g} s;"
             " it is no longer served and stays on disk",
         )
 
+    def _on_every_server(
+        self, check: Callable[[StatusSource], Awaitable[bool]]
+    ) -> Callable[[], Awaitable[bool]]:
+        """A poll that holds once ``check`` holds on every model server the target names.
+
+        Predictions take turns over all of them, so a version is loaded, or a label
+        applied, only when each has done it. They are asked side by side, the name
+        resolved afresh each time (replicas come and go).
+        """
+        assert self.status is not None
+        status = self.status
+
+        async def everywhere() -> bool:
+            servers = await status.each_server()
+            return all(await asyncio.gather(*(check(server) for server in servers)))
+
+        return everywhere
+
     async def _version_status(
-        self, model: str, version: int
+        self, server: StatusSource, model: str, version: int
     ) -> tuple[bool, VersionStatusLike | None]:
         """(whether the model server answered, the version's status if it knows it)."""
-        assert self.status is not None
         try:
-            found = await self.status.model_status(model, version, timeout=5.0)
+            found = await server.model_status(model, version, timeout=5.0)
         except ModelNotFoundError:
             return True, None
         except (ModelServerUnavailableError, ModelServerTimeoutError):

@@ -17,6 +17,7 @@ replica that vanished without closing its connections.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ from service.model_client import (
     predict_pb2,
 )
 from service.model_client.codec import decode_tensor, fill_strings
+from service.model_client.targets import server_addresses
 from service.model_client.tensor_pb2 import DataType, TensorProto, TensorShapeProto
 
 if TYPE_CHECKING:
@@ -186,6 +188,9 @@ class PredictClient:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self.address = address
         self.timeout = timeout
+        self._max_message_bytes = max_message_bytes
+        # A client per model server the target names, for asking each (``each_server``).
+        self._servers: dict[str, PredictClient] = {}
         self._channel = grpc.aio.insecure_channel(
             address,
             options=[
@@ -314,8 +319,30 @@ class PredictClient:
             pass  # NOT_FOUND and the like: it answered
         return True
 
+    async def each_server(self) -> list[PredictClient]:
+        """A client for each model server the target names now (just this one for one).
+
+        Calls through this client take turns over the servers; a label move waits until
+        every one of them has applied it, by asking each through these. The name is
+        resolved again on every call, so replicas that came or went are seen.
+        """
+        addresses = await asyncio.to_thread(server_addresses, self.address)
+        if len(addresses) <= 1:
+            return [self]
+        for gone in set(self._servers) - set(addresses):
+            await self._servers.pop(gone).close()
+        for address in addresses:
+            if address not in self._servers:
+                self._servers[address] = PredictClient(
+                    address, self.timeout, max_message_bytes=self._max_message_bytes
+                )
+        return [self._servers[address] for address in addresses]
+
     async def close(self) -> None:
-        """Close the channel; calls in flight are cancelled."""
+        """Close the channel (and those to each server); calls in flight are cancelled."""
+        for server in self._servers.values():
+            await server.close()
+        self._servers.clear()
         await self._channel.close()
 
     def _method(self, path: str, request_type: type[Message], response_type: type[Message]) -> Any:

@@ -172,6 +172,12 @@ class ServerProcess:
         response = self._status(request, timeout=10)
         return {s.version: s for s in response.model_version_status}
 
+    def label_version(self, model: str, label: str) -> int:
+        """The version ``label`` of ``model`` resolves to on this server now (REST metadata)."""
+        response = self.http.get(f"/v1/models/{model}/labels/{label}/metadata")
+        assert response.status_code == 200, response.text
+        return int(response.json()["model_spec"]["version"])
+
     def predict(
         self, images: list[bytes], model: str = MODEL, version: int | None = None
     ) -> tuple[int, dict[str, np.ndarray]]:
