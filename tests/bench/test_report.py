@@ -69,10 +69,11 @@ def test_markdown_has_one_row_per_measure_with_goal_value_and_machine():
     )
     rows = [line for line in lines if line.startswith("| ") and "---" not in line]
     assert len(rows) == len(KEYS) + 1  # the header row too
-    p3 = "| P3 `/predict` p50 vs a direct gRPC Predict, 1 client (API and model server on "
-    assert f"{p3}separate cores) | ≤ 1.15× | 1.10x |" in lines
+    p3 = "| P3 `/predict` p50 vs a direct gRPC Predict, 1 client, default model (API and "
+    assert f"{p3}model server on separate cores) | ≤ 1.15× | 1.10x |" in lines
     # A missed goal is bold; a missing value says why.
-    p4 = "| P4 `/predict` saturated throughput vs direct, 16 clients (separate cores)"
+    p4 = "| P4 `/predict` saturated throughput vs direct, 16 clients, default model (separate "
+    p4 += "cores)"
     assert f"{p4} | ≥ 0.8× | **0.50x** |" in lines
     assert any("n/a: onnxruntime is not installed" in row for row in rows)
 
@@ -83,9 +84,14 @@ def test_markdown_notes_what_the_details_hold():
         "grpc": {"1": {"p50_ms": 4.0, "req_per_s": 250.0}, "16": {"req_per_s": 500.0}},
         "api": {"1": {"p50_ms": 6.0, "req_per_s": 160.0}, "16": {"req_per_s": 200.0}},
     }
-    result["details"]["api"] = {"layouts": {"shared": shared}}
+    result["details"]["api"] = {
+        "default_model": {"model": "mobilenet_v2 at 224px", "layouts": {"shared": shared}},
+        "gateway_ms_per_request": {"separated, p50_ms": 1.25},
+    }
     assert markdown(result).endswith(
-        "\n\n- P3 / P4 with every process sharing all cores: 1.50x / 0.40x.\n"
+        "\n\n- P3 / P4 on mobilenet_v2 at 224px with every process sharing all cores: 1.50x /"
+        " 0.40x.\n- What `/predict` adds to a call on a tiny model (small_cnn, 32 px):"
+        " separated, p50_ms +1.25 ms.\n"
     )
 
 
