@@ -28,7 +28,7 @@ from service.client.sse import Event, EventParser
 from service.client.upload import read_config, zip_folder
 from service.training.sample_data import make_digits_dataset
 from tests.support.servers import free_port
-from tests.test_stack import Stack, serve_command, stack_env
+from tests.support.stack import Stack, serving_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {
@@ -412,12 +412,8 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, int]]:
-    root = tmp_path_factory.mktemp("stack")
-    api, grpc_port = free_port(), free_port()
-    running = Stack(root, serve_command(api, grpc_port), stack_env(root), api)
-    running.wait_ready()
-    yield running, grpc_port
-    assert running.stop() == 0, running.log()
+    with serving_stack(tmp_path_factory.mktemp("stack")) as found:
+        yield found
 
 
 def api_url(stack: tuple[Stack, int]) -> str:

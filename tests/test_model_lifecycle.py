@@ -24,7 +24,7 @@ import pytest
 from service.training.sample_data import make_digits_dataset
 from tests.jobs.conftest import postgres_schema
 from tests.support.servers import free_port
-from tests.test_stack import Stack, serve_command, stack_env
+from tests.support.stack import Stack, serve_command, stack_env
 
 MODEL = "digits"
 GOOD = {

@@ -26,7 +26,7 @@ from service.config import Settings
 from service.stack import Ports, ReadyWatch, banner, child_commands, masked_url, worker_names
 from tests.jobs.conftest import postgres_schema
 from tests.support.servers import free_port
-from tests.test_stack import Stack, serve_command
+from tests.support.stack import Stack, serve_command
 
 PASSWORD = "not-shown-7c1e"
 TOKEN = "banner-token-5d2a"

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +27,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from exporter.export import decode_batch
 from service.training.sample_data import make_digits_dataset
 from tests.support.servers import free_port
+from tests.support.stack import Stack, serve_command, serving_stack, stack_env
 
 CONFIG = {
     "model_name": "digits",
@@ -43,58 +41,6 @@ CONFIG = {
 }
 
 
-class Stack:
-    def __init__(self, root: Path, command: list[str], env: dict[str, str], api_port: int):
-        self.log_path = root / "stack.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=60)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log()
-            try:
-                if self.http.get("/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        pytest.fail(f"the stack never became ready:\n{self.log()}")
-
-    def stop(self) -> int:
-        self.http.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(120)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        return self.process.returncode
-
-
-def stack_env(root: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "FTSERVE_DATA_ROOT": str(root / "data"),
-        "FTSERVE_WORK_DIR": str(root / "jobs"),
-        "FTSERVE_MODEL_REPO": str(root / "models"),
-        "FTSERVE_WEIGHTS_DIR": str(root / "weights"),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-
-
-def serve_command(api_port: int, grpc_port: int) -> list[str]:
-    ports = [f"--port={api_port}", f"--grpc-port={grpc_port}", f"--rest-port={free_port()}"]
-    return [sys.executable, "-m", "service.cli", "serve", *ports]
-
-
 @pytest.fixture(scope="module")
 def digits_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("digits")
@@ -104,12 +50,8 @@ def digits_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, int]]:
-    root = tmp_path_factory.mktemp("stack")
-    api, grpc_port = free_port(), free_port()
-    running = Stack(root, serve_command(api, grpc_port), stack_env(root), api)
-    running.wait_ready()
-    yield running, grpc_port
-    assert running.stop() == 0, running.log()
+    with serving_stack(tmp_path_factory.mktemp("stack")) as found:
+        yield found
 
 
 def sse_events(response: httpx.Response) -> Iterator[tuple[str, dict]]:

@@ -33,7 +33,8 @@ from tests.support.images import (
     webp_solid,
 )
 from tests.support.servers import free_port
-from tests.test_stack import Stack, sse_events, stack_env
+from tests.support.stack import Stack, stack_env
+from tests.test_stack import sse_events
 from tests.test_stack_restart import children
 
 # The baseline is taken after a job and a prediction, so refusing must add next to

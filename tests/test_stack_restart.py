@@ -18,7 +18,7 @@ import pytest
 
 from service.stack import RESTART_RESET_AFTER_SECONDS, _Backoff
 from tests.support.servers import free_port
-from tests.test_stack import Stack, serve_command, stack_env
+from tests.support.stack import Stack, serve_command, stack_env
 
 T = TypeVar("T")
 # Seconds to wait for a restart (the first backoff is 1 s) or for the stack to stop.

@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from PIL import Image
-
 # The formats the decoder (tf.io.decode_image) reads, by the first bytes it tells them apart
 # by (``ClassifyFileFormat`` in TF 2.21's decode_image_op.cc): any "GIF8" goes to giflib,
 # which itself checks only "GIF". WebP is "RIFF", a chunk size, then "WEBP" (``image_kind``).
@@ -104,6 +102,10 @@ def read_header(source: Path | bytes, kind: str) -> ImageHeader:
         return _read_gif(source)
     if kind == "WebP":
         return _webp_header(_read_head(source, _WEBP_HEADER_BYTES))
+    # Imported here, not at the top: the API starts without Pillow and pays for it on the
+    # first image it judges (GIF and WebP never need it).
+    from PIL import Image
+
     target = io.BytesIO(source) if isinstance(source, bytes) else source
     # Pillow's bomb guard warns on big sizes: the warning is silenced here (setting
     # MAX_IMAGE_PIXELS to None instead would drop the guard for other threads meanwhile),

@@ -46,6 +46,13 @@ SEARCH_MIN_DELTA = 1e-3
 # A flattened head's input beyond this many values (e.g. ResNet50 at 224 px: 100,352)
 # costs more memory than the search is worth; such bases only try average pooling.
 MAX_FLATTEN_FEATURES = 1 << 16
+# A hidden layer on flattened maps has (values per image x units) weights, every one
+# updated at every step: it is what a search epoch mostly costs (on MobileNetV2 at 96 px,
+# 11,520 values: 2.9 M weights at 256 units, ~70% of the epoch). Past this many weights
+# its width is halved until it fits, down to MIN_FLATTEN_UNITS (e.g. 64 units at 96 px,
+# 16 at 224 px); a hidden layer on averaged maps keeps HIDDEN_UNITS.
+MAX_FLATTEN_HIDDEN_WEIGHTS = 1 << 20
+MIN_FLATTEN_UNITS = 16
 SELECTION = "highest validation accuracy, then lowest validation loss, then the earlier candidate"
 
 
@@ -86,7 +93,8 @@ def candidate_heads(config: TrainConfig, map_shape: Sequence[int]) -> Candidates
     """The heads ``config`` allows on a base whose feature maps are ``map_shape`` (H, W, C).
 
     ``auto`` pooling tries ``avg`` and ``flatten``; ``dense_units`` left open tries none
-    and one hidden layer of ``HIDDEN_UNITS``. What the config sets is kept as set.
+    and one hidden layer of ``HIDDEN_UNITS`` (narrower on large flattened maps, see
+    ``MAX_FLATTEN_HIDDEN_WEIGHTS``). What the config sets is kept as set.
     """
     poolings = ("avg", "flatten") if config.pooling == "auto" else (config.pooling,)
     skipped: tuple[str, ...] = ()
@@ -94,9 +102,22 @@ def candidate_heads(config: TrainConfig, map_shape: Sequence[int]) -> Candidates
     if config.pooling == "auto" and flat > MAX_FLATTEN_FEATURES:
         poolings = ("avg",)
         skipped = (f"flatten: {flat} features per image, over the {MAX_FLATTEN_FEATURES} limit",)
-    hidden = ((), (HIDDEN_UNITS,)) if config.dense_units is None else (config.dense_units,)
-    specs = tuple(HeadSpec(pooling, units) for pooling in poolings for units in hidden)
-    return Candidates(specs, skipped)
+    specs = []
+    for pooling in poolings:
+        if config.dense_units is not None:
+            specs.append(HeadSpec(pooling, config.dense_units))
+            continue
+        units = HIDDEN_UNITS if pooling == "avg" else flatten_hidden_units(flat)
+        specs += [HeadSpec(pooling), HeadSpec(pooling, (units,))]
+    return Candidates(tuple(specs), skipped)
+
+
+def flatten_hidden_units(values: int) -> int:
+    """The hidden layer's width for a search candidate on ``values`` flattened values."""
+    units = HIDDEN_UNITS
+    while units > MIN_FLATTEN_UNITS and values * units > MAX_FLATTEN_HIDDEN_WEIGHTS:
+        units //= 2
+    return units
 
 
 def pool_features(maps: np.ndarray, pooling: str, chunk: int = 1024) -> np.ndarray:

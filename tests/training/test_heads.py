@@ -14,6 +14,7 @@ from service.training.heads import (
     HEAD_CHOICE,
     HIDDEN_UNITS,
     MAX_FLATTEN_FEATURES,
+    MAX_FLATTEN_HIDDEN_WEIGHTS,
     FeatureSplit,
     HeadChoice,
     SearchSetup,
@@ -84,6 +85,28 @@ def test_auto_config_tries_both_poolings_with_and_without_a_hidden_layer():
     ]
     assert candidates.need_maps and candidates.skipped == ()
     assert searches_head(_config())
+
+
+@pytest.mark.parametrize(
+    ("map_shape", "flatten_units"),
+    [
+        ((4, 4, 128), 256),  # small_cnn at 32 px: 2,048 values, 0.5 M weights at 256 units
+        ((3, 3, 1280), 64),  # MobileNetV2 at 96 px: 11,520 values
+        ((7, 7, 1280), 16),  # MobileNetV2 at 224 px: 62,720 values, 1 M weights at 16
+    ],
+)
+def test_a_hidden_layer_on_large_flattened_maps_is_narrowed(map_shape, flatten_units):
+    specs = candidate_heads(_config(), map_shape).specs
+
+    assert [spec.name for spec in specs] == [
+        "avg",
+        f"avg+{HIDDEN_UNITS}",
+        "flatten",
+        f"flatten+{flatten_units}",
+    ]
+    values = int(np.prod(map_shape))
+    assert values * flatten_units <= MAX_FLATTEN_HIDDEN_WEIGHTS or flatten_units == 16
+    assert flatten_units == HIDDEN_UNITS or values * flatten_units * 2 > MAX_FLATTEN_HIDDEN_WEIGHTS
 
 
 def test_what_the_config_fixes_is_not_searched():

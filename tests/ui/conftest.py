@@ -21,8 +21,7 @@ import httpx
 import pytest
 
 from service.training.sample_data import make_digits_dataset
-from tests.support.servers import free_port
-from tests.test_stack import Stack, serve_command, stack_env
+from tests.support.stack import serving_stack
 from tests.ui.browsing import (
     CHROMIUM,
     DIGITS,
@@ -71,18 +70,14 @@ def browser(chromium: Path) -> Iterator[Any]:
 def ui_stack(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
     root = tmp_path_factory.mktemp("ui-stack")
     env = {
-        **stack_env(root),
         "FTSERVE_API_TOKEN": TOKEN,
         "KERAS_HOME": str(root / "keras"),  # weights "none": nothing to look up
     }
-    api = free_port()
-    running = Stack(root, serve_command(api, free_port()), env, api)
-    running.wait_ready()
-    url = f"http://127.0.0.1:{api}"
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
-        yield UiStack(url, http)
-    assert running.stop() == 0, running.log()
+    with serving_stack(root, env) as (running, _):
+        url = str(running.http.base_url).rstrip("/")
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+            yield UiStack(url, http)
 
 
 @pytest.fixture(scope="session")
