@@ -258,14 +258,15 @@ def notes(details: dict[str, Any]) -> list[str]:
         rate = shared["api"][many]["req_per_s"] / shared["grpc"][many]["req_per_s"]
         model = api["default_model"].get("model", "the default model")
         found.append(
-            f"- P3 / P4 on {model} with every process sharing all cores: {p50:.2f}x / {rate:.2f}x."
+            f"- P3 / P4 with every process sharing all cores ({model}): {p50:.2f}x / {rate:.2f}x."
         )
     gateway = api.get("gateway_ms_per_request")
     if gateway:
-        added = ", ".join(f"{where} +{ms:.2f} ms" for where, ms in gateway.items())
-        found.append(
-            f"- What `/predict` adds to a call on a tiny model (small_cnn, 32 px): {added}."
-        )
+        # Keys: "<layout>, <column>", e.g. "separated, p50_ms".
+        parts = [(where.split(", "), ms) for where, ms in gateway.items()]
+        added = "; ".join(f"{w[0]} {w[1].removesuffix('_ms')} +{ms:.2f} ms" for w, ms in parts)
+        tiny = "a tiny model (small_cnn, 32 px), 1 client"
+        found.append(f"- What `/predict` adds to a call on {tiny}: {added}.")
     batching = details.get("p5", {}).get("batching", {})
     if batching and not batching.get("tuned"):
         found.append(f"- P5 untuned: {batching.get('untuned_because')}")

@@ -89,9 +89,9 @@ def test_markdown_notes_what_the_details_hold():
         "gateway_ms_per_request": {"separated, p50_ms": 1.25},
     }
     assert markdown(result).endswith(
-        "\n\n- P3 / P4 on mobilenet_v2 at 224px with every process sharing all cores: 1.50x /"
-        " 0.40x.\n- What `/predict` adds to a call on a tiny model (small_cnn, 32 px):"
-        " separated, p50_ms +1.25 ms.\n"
+        "\n\n- P3 / P4 with every process sharing all cores (mobilenet_v2 at 224px): 1.50x /"
+        " 0.40x.\n- What `/predict` adds to a call on a tiny model (small_cnn, 32 px), 1"
+        " client: separated p50 +1.25 ms.\n"
     )
 
 
