@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import quick_main
-from bench.pretrain_base import digits_base, pretrained_base
+from bench.pretrain_base import digits_base, pretrained_base, recipe_for
 from bench.report import Measured
 
 KEY = "p1_default_head_accuracy_gap"
@@ -47,7 +47,7 @@ def _task_data(task: str, root: Path, quick: bool) -> tuple[Path, dict[str, Any]
         return data, digits_base(), 32
     per_class = SHAPES_PER_CLASS[quick]
     data = make_shapes_dataset(root / "shapes", images_per_class=per_class, image_size=96)
-    return data, pretrained_base(), 96
+    return data, pretrained_base(recipe_for(quick)), 96
 
 
 def _accuracy(data: Path, config: Any, work_dir: Path, settings: Any) -> tuple[float, int]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import quick_main
-from bench.pretrain_base import pretrained_base
+from bench.pretrain_base import pretrained_base, recipe_for
 from bench.report import Measured
 from bench.synthetic import TRANSFER_SHAPES, make_dataset
 
@@ -176,7 +176,7 @@ def _phase2(s: dict[str, Any], epochs: int) -> list[dict[str, float]]:
 def measure(quick: bool) -> Measured:
     """Time real vs ideal input in both phases; report the larger share."""
     sizes = SIZES[quick]
-    base = pretrained_base()
+    base = pretrained_base(recipe_for(quick))
     with tempfile.TemporaryDirectory(prefix="ftserve-bench-p2-") as tmp:
         root = Path(tmp)
         data = make_dataset(root / "data", TRANSFER_SHAPES, sizes["per_class"], 96, seed=11)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import quick_main
-from bench.pretrain_base import pretrained_base
+from bench.pretrain_base import pretrained_base, recipe_for
 from bench.report import Measured
 from bench.synthetic import TRANSFER_SHAPES, make_dataset
 
@@ -92,7 +92,7 @@ def _configs(weights: str, classic_epochs: int) -> dict[str, Any]:
 def _run(quick: bool) -> dict[str, Any]:
     from service.config import Settings
 
-    base = pretrained_base()
+    base = pretrained_base(recipe_for(quick))
     sizes = SIZES[quick]
     with tempfile.TemporaryDirectory(prefix="ftserve-bench-p1-") as tmp:
         root = Path(tmp)
