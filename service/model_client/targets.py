@@ -57,9 +57,7 @@ def _split_host_port(hostport: str) -> tuple[str | None, int]:
         port_text = tail.removeprefix(":")
     elif hostport.count(":") == 1:
         host, _, port_text = hostport.partition(":")
-    elif ":" in hostport:  # a bare IPv6 address
-        host, port_text = hostport, ""
-    else:
+    else:  # a bare name, or a bare IPv6 address
         host, port_text = hostport, ""
     if not host:
         return None, 0

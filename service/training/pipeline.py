@@ -33,20 +33,6 @@ class PipelineOptions:
     cache_dir: Path
 
 
-def image_dataset(
-    paths: list[str],
-    labels: np.ndarray,
-    weights: np.ndarray | None,
-    options: PipelineOptions,
-    *,
-    training: bool,
-    name: str,
-) -> tf.data.Dataset:
-    """Batches of (images, one-hot labels[, sample weights]) decoded from files."""
-    decoded = decoded_dataset(paths, labels, weights, options, name=name)
-    return batched(decoded, options, training=training)
-
-
 def decoded_dataset(
     paths: list[str],
     labels: np.ndarray,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -8,7 +9,13 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from service.training.pipeline import PipelineOptions, array_dataset, feature_store, image_dataset
+from service.training.pipeline import (
+    PipelineOptions,
+    array_dataset,
+    batched,
+    decoded_dataset,
+    feature_store,
+)
 from service.training.preprocessing import decode_and_resize, decode_error
 from tests.training.images import image_bytes, write_image
 
@@ -59,6 +66,12 @@ def test_decode_error_reports_undecodable_bytes():
     assert decode_error(b"\x89PNG\r\n\x1a\n" + b"\0" * 20) is not None
 
 
+def image_dataset(paths, labels, weights, options, *, training, name):
+    """Batches of decoded files, as the trainer builds them."""
+    decoded = decoded_dataset(paths, labels, weights, options, name=name)
+    return batched(decoded, options, training=training)
+
+
 def _files(tmp_path, count):
     paths = [str(write_image(tmp_path / "img" / f"{i}.png", seed=i)) for i in range(count)]
     labels = np.arange(count) % 3
@@ -102,6 +115,22 @@ def test_images_over_the_memory_budget_are_cached_on_disk(tmp_path):
 
     assert any((tmp_path / "cache" / "train").iterdir())
     np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 0], ids=["memory-cache", "file-cache"])
+def test_the_pass_in_order_fills_the_cache_the_shuffled_epochs_read(tmp_path, budget):
+    paths, labels = _files(tmp_path, 9)
+    options = _options(tmp_path, cache_memory_bytes=budget)
+    decoded = decoded_dataset(paths, labels, None, options, name="train")
+
+    in_order = np.concatenate([b[0] for b in batched(decoded, options, training=False)])
+    for path in paths:  # nothing left to read: every later pass must come from the cache
+        Path(path).unlink()
+    shuffled = np.concatenate([b[0] for b in batched(decoded, options, training=True)])
+
+    assert shuffled.shape == in_order.shape
+    key = in_order.reshape(len(in_order), -1)[:, 0]
+    np.testing.assert_array_equal(np.sort(shuffled.reshape(len(shuffled), -1)[:, 0]), np.sort(key))
 
 
 def test_features_over_the_budget_are_memory_mapped_and_batched(tmp_path):
